@@ -1,0 +1,106 @@
+"""The admin listener (127.0.0.1:9901 by default): Prometheus metrics, health, readiness, the
+JSON API and the dashboard.
+
+What must always hold: every /api answer is JSON; nothing here blocks the event loop; the admin
+surface never proxies traffic to an address that is not a configured replica.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+GATEWAY: web.AppKey[Gateway] = web.AppKey("gateway")
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data, option=orjson.OPT_NON_STR_KEYS), status=status,
+                        content_type="application/json")
+
+
+async def metrics(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    return web.Response(body=generate_latest(gw.metrics.registry),
+                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.Response(text="ok\n")
+
+
+async def readyz(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    if gw.ready():
+        return web.Response(text="ready\n")
+    why = "draining" if gw.draining else "no replica can serve yet"
+    return web.Response(text=f"not ready: {why}\n", status=503)
+
+
+async def config(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    return _json({"path": str(gw.config_path) if gw.config_path else None,
+                  "config": gw.runtime.cfg.model_dump(mode="json"),
+                  "last_reload": gw.last_reload})
+
+
+async def reload(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    ok, err = gw.reload()
+    return _json({"ok": ok, "error": err}, 200 if ok else 400)
+
+
+def replica_json(gw: Gateway) -> list[dict[str, Any]]:
+    now = time.monotonic()
+    out = []
+    for r in gw.runtime.replicas.all:
+        out.append({
+            "name": r.name, "pool": r.pool, "rest": r.cfg.rest, "grpc": r.cfg.grpc,
+            "healthy": r.healthy, "routable": r.routable(now),
+            "ejected_for_s": max(0.0, r.ejected_until - now), "in_flight": r.in_flight,
+            "latency_ms": round(r.latency_s(now) * 1000, 3), "gpu_util": r.gpu_util,
+            "gpu_mem_frac": r.gpu_mem_frac, "cpu_util": r.cpu_util, "requests": r.requests,
+            "errors": r.errors, "weight": r.weight, "capacity_rps": r.cfg.capacity_rps,
+            "models": {m: {str(v): s for v, s in vs.items()} for m, vs in r.versions.items()},
+        })
+    return out
+
+
+async def replicas(request: web.Request) -> web.Response:
+    return _json({"replicas": replica_json(request.app[GATEWAY])})
+
+
+async def models(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    reps = gw.runtime.replicas
+    out: dict[str, Any] = {}
+    for name in sorted(reps.models() | set(gw.runtime.cfg.models)):
+        m = gw.runtime.cfg.models.get(name)
+        out[name] = {
+            "latest": reps.latest(name),
+            "versions": sorted(reps.versions_seen(name)),
+            "labels": dict(m.labels) if m else {},
+            "routes": [r.model_dump(mode="json") for r in m.routes] if m else [],
+            "balance": m.balance if m else gw.runtime.cfg.default_balance,
+            "configured": m is not None,
+        }
+    return _json({"models": out})
+
+
+def build_admin_app(gw: Gateway) -> web.Application:
+    app = web.Application()
+    app[GATEWAY] = gw
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/api/config", config)
+    app.router.add_post("/api/reload", reload)
+    app.router.add_get("/api/replicas", replicas)
+    app.router.add_get("/api/models", models)
+    return app

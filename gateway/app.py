@@ -1,0 +1,249 @@
+"""The gateway process: listeners, lifecycle, config reload swap and graceful drain.
+
+`Gateway` is the application object every component receives (no globals). `Runtime` is what a
+config builds: the config itself, the replica set and the compiled model routers. A reload
+builds a new Runtime next to the old one and swaps the reference; calls in flight finish on the
+Runtime they started with.
+
+What must always hold:
+- a config that fails to load or build changes nothing: the old Runtime keeps serving and the
+  failure is logged, counted and shown in /api/config;
+- on SIGTERM /readyz fails at once, listeners stop taking new calls, calls in flight finish
+  within `limits.drain_s`, then the process exits 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+from aiohttp import web
+
+from gateway.budget import RetryBudget
+from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.health import HealthChecker
+from gateway.ingress_grpc import GrpcIngress
+from gateway.ingress_rest import RestIngress
+from gateway.metrics import Metrics
+from gateway.pipeline import Pipeline
+from gateway.replicas import ReplicaSet, ReplicaState
+from gateway.routing import ModelRouter, default_router
+from gateway.tasks import cancel_all, spawn
+from gateway.upstream import GrpcForwarder, RestForwarder
+
+log = logging.getLogger("infergate")
+
+
+class Runtime:
+    """Everything built from one config. Immutable once built, except the replica facts and the
+    lazily compiled routers of models discovered on first use."""
+
+    def __init__(self, cfg: GatewayConfig, previous: Runtime | None = None) -> None:
+        self.cfg = cfg
+        self.replicas = ReplicaSet(cfg.replicas, cfg.health.metrics_stale_s,
+                                   previous.replicas if previous else None)
+        self.routers: dict[str, ModelRouter] = {
+            name: ModelRouter(name, m, cfg.default_balance) for name, m in cfg.models.items()
+        }
+        self.admission_limit = (cfg.limits.max_in_flight_per_replica * max(1, len(cfg.replicas))
+                                + cfg.limits.max_queue)
+
+    def router(self, model: str) -> ModelRouter:
+        r = self.routers.get(model)
+        if r is None:
+            r = default_router(model, self.cfg.default_balance)
+            self.routers[model] = r
+        return r
+
+    def timeout_for(self, model: str | None) -> float:
+        m = self.cfg.models.get(model) if model else None
+        return m.timeout_s if m else 30.0
+
+
+class Gateway:
+    def __init__(self, cfg: GatewayConfig, config_path: Path | None = None) -> None:
+        self.config_path = config_path
+        self.metrics = Metrics()
+        self.runtime = Runtime(cfg)
+        self.rest_fwd = RestForwarder()
+        self.grpc_fwd = GrpcForwarder(cfg.limits.max_message_bytes)
+        self.health = HealthChecker(self)
+        self.pipeline = Pipeline(self)
+        self.retry_budget = RetryBudget(cfg.retries.budget_ratio, cfg.retries.min_per_s,
+                                        time.monotonic)
+        self.total_in_flight = 0
+        self.draining = False
+        self.started_at = time.monotonic()
+        self.ready_at: float | None = None
+        self.last_reload: dict[str, Any] = {"ok": True, "error": None, "at": time.time()}
+        self._config_mtime = _mtime(config_path)
+        self._tasks: list[asyncio.Task[None]] = []
+        self._rest_server: asyncio.AbstractServer | None = None
+        self._grpc_server: grpc.aio.Server | None = None
+        self._admin_runner: web.AppRunner | None = None
+        self._stopped = asyncio.Event()
+        self.bound: dict[str, int] = {}
+
+    # ---- completion hooks ------------------------------------------------------------------
+
+    def model_label(self, model: str | None) -> str:
+        """A model name safe to use as a metric label (bounded set)."""
+        if model is None:
+            return ""
+        if model in self.runtime.cfg.models or model in self.health.discovered:
+            return model
+        return "_other"
+
+    def observe_call(self, protocol: str, model: str | None, version: int | None, replica: str,
+                     code: str, t0: float) -> None:
+        m = self.model_label(model)
+        self.metrics.requests.labels(protocol, m, "" if version is None else str(version),
+                                     replica, code).inc()
+        self.metrics.latency.labels(protocol, m).observe(time.monotonic() - t0)
+
+    def on_upstream_done(self, replica: ReplicaState, seconds: float) -> None:
+        self.metrics.upstream_latency.labels(replica.name).observe(seconds)
+
+    # ---- reload ------------------------------------------------------------------------------
+
+    def reload(self) -> tuple[bool, str | None]:
+        """Load the config file again; swap it in if valid. Returns (ok, error)."""
+        if self.config_path is None:
+            return False, "the gateway was started without a config file"
+        try:
+            cfg = load_config(self.config_path)
+            self._check_static(cfg)
+            runtime = Runtime(cfg, self.runtime)
+        except (ConfigError, ValueError) as exc:
+            msg = str(exc)
+            log.error("config reload refused, the old config keeps serving:\n%s", msg)
+            self.metrics.reloads.labels("refused").inc()
+            self.metrics.config_ok.set(0)
+            self.last_reload = {"ok": False, "error": msg, "at": time.time()}
+            return False, msg
+        self.runtime = runtime
+        self.retry_budget.ratio = cfg.retries.budget_ratio
+        self.retry_budget.min_per_s = cfg.retries.min_per_s
+        self.metrics.reloads.labels("applied").inc()
+        self.metrics.config_ok.set(1)
+        self.last_reload = {"ok": True, "error": None, "at": time.time()}
+        log.info("config reloaded from %s", self.config_path)
+        spawn(self.health.probe_all(), "probe-after-reload")
+        return True, None
+
+    def _check_static(self, cfg: GatewayConfig) -> None:
+        if cfg.listen != self.runtime.cfg.listen:
+            raise ValueError("listen: addresses cannot change without a restart")
+
+    async def _watch_config(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            m = _mtime(self.config_path)
+            if m != self._config_mtime:
+                self._config_mtime = m
+                self.reload()
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        from gateway.admin import build_admin_app
+
+        cfg = self.runtime.cfg
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(self.health.probe_all(), cfg.health.timeout_s * 2 + 1)
+        except asyncio.TimeoutError:
+            log.warning("first health round did not finish in time; serving anyway")
+        self.health.start()
+        if cfg.listen.rest:
+            host, port = _split(cfg.listen.rest)
+            server = web.Server(RestIngress(self).handle, access_log=None)
+            self._rest_server = await loop.create_server(server, host, port, backlog=1024,
+                                                         reuse_address=True)
+            self.bound["rest"] = self._rest_server.sockets[0].getsockname()[1]
+        if cfg.listen.grpc:
+            mx = cfg.limits.max_message_bytes
+            self._grpc_server = grpc.aio.server(options=[
+                ("grpc.max_send_message_length", mx), ("grpc.max_receive_message_length", mx),
+                ("grpc.so_reuseport", 0)])
+            self._grpc_server.add_generic_rpc_handlers((GrpcIngress(self),))
+            self.bound["grpc"] = self._grpc_server.add_insecure_port(cfg.listen.grpc)
+            await self._grpc_server.start()
+        if cfg.listen.admin:
+            host, port = _split(cfg.listen.admin)
+            self._admin_runner = web.AppRunner(build_admin_app(self), access_log=None)
+            await self._admin_runner.setup()
+            site = web.TCPSite(self._admin_runner, host, port)
+            await site.start()
+            server = site._server
+            if isinstance(server, asyncio.base_events.Server):
+                self.bound["admin"] = server.sockets[0].getsockname()[1]
+        if self.config_path is not None:
+            self._tasks.append(spawn(self._watch_config(), "config-watch"))
+        self.ready_at = time.monotonic()
+        log.info("infergate ready in %.2f s: %s", self.ready_at - self.started_at,
+                 ", ".join(f"{k}={v}" for k, v in self.bound.items()))
+
+    def ready(self) -> bool:
+        return (not self.draining and self.ready_at is not None
+                and bool(self.runtime.replicas.routable(time.monotonic())))
+
+    async def drain_and_stop(self) -> None:
+        """Graceful drain: stop taking calls, let calls in flight finish, then close."""
+        if self.draining:
+            return
+        self.draining = True
+        grace = self.runtime.cfg.limits.drain_s
+        log.info("draining: %d calls in flight, grace %.1f s", self.total_in_flight, grace)
+        if self._rest_server is not None:
+            self._rest_server.close()
+        grpc_stop = self._grpc_server.stop(grace) if self._grpc_server is not None else None
+        end = time.monotonic() + grace
+        while self.total_in_flight > 0 and time.monotonic() < end:
+            await asyncio.sleep(0.05)
+        if grpc_stop is not None:
+            await grpc_stop
+        await self.close()
+
+    async def close(self) -> None:
+        await cancel_all(self._tasks)
+        await self.health.stop()
+        await self.rest_fwd.close()
+        await self.grpc_fwd.close()
+        if self._admin_runner is not None:
+            await self._admin_runner.cleanup()
+        self._stopped.set()
+
+    async def serve_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, lambda: spawn(self.drain_and_stop(), "drain"))
+        await self._stopped.wait()
+
+
+def _split(hostport: str) -> tuple[str, int]:
+    host, _, port = hostport.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def _mtime(path: Path | None) -> float | None:
+    if path is None:
+        return None
+    try:
+        return os.stat(path).st_mtime
+    except OSError:
+        return None
+
+
+async def run_gateway(cfg: GatewayConfig, config_path: Path | None) -> int:
+    gw = Gateway(cfg, config_path)
+    await gw.start()
+    await gw.serve_forever()
+    return 0

@@ -1,0 +1,67 @@
+"""The protocol-neutral request (`Call`) and answer (`Answer`) that flow through the pipeline.
+
+Ingresses turn REST requests and gRPC calls into a `Call`; upstream forwarders turn a `Call`
+plus a chosen replica and version back into protocol bytes. Nothing between them depends on the
+protocol except through the `Forwarder` seam.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from gateway.replicas import ReplicaState
+
+# Methods a replica may execute more than once without harm: retried and hedged.
+IDEMPOTENT = frozenset({"predict", "classify", "regress", "multi_inference", "metadata", "status"})
+
+
+@dataclass(slots=True)
+class Call:
+    protocol: str  # "rest" | "grpc"
+    method: str  # predict | classify | regress | multi_inference | metadata | status | reload
+    model: str | None
+    version: int | None
+    label: str | None
+    signature: str
+    headers: Mapping[str, str]  # lower-case names
+    body: bytes
+    deadline: float | None  # monotonic seconds; None: the model's default timeout applies
+    extra: object = None  # ingress-specific data (the REST target, the gRPC method path)
+
+
+@dataclass(slots=True)
+class Answer:
+    """An answer in the caller's protocol.
+
+    REST: `status` is the HTTP status and `headers` the response headers to replay.
+    gRPC: `status` is the numeric status code (0 = OK), `headers` the initial metadata,
+    `trailers` the trailing metadata and `details` the status message.
+    """
+
+    status: int
+    body: bytes = b""
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    trailers: tuple[tuple[str, str | bytes], ...] = ()
+    details: str = ""
+    replica: str = ""
+    version: int | None = None
+    cache: str = "miss"
+
+    def ok(self, protocol: str) -> bool:
+        return self.status == 0 if protocol == "grpc" else 200 <= self.status < 300
+
+    def code_label(self, protocol: str) -> str:
+        return str(self.status)
+
+
+class Forwarder(Protocol):
+    """Sends a call to one replica in the call's protocol. Connection failures raise
+    ReplicaUnavailable; a remote error status is an Answer, not an exception."""
+
+    async def send(self, call: Call, replica: ReplicaState, version: int | None,
+                   timeout: float) -> Answer: ...
+
+    def retryable(self, answer: Answer) -> bool: ...

@@ -1,0 +1,105 @@
+"""The `infergate` command: run | validate | demo | replica | make-test-models | agent |
+rollout | batch | scale simulate.
+
+Each subcommand imports what it needs when it runs, so `infergate run` never loads TensorFlow and
+`infergate validate` starts in a fraction of a second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+
+def _passthrough(module: str, argv: list[str]) -> int:
+    import importlib
+
+    mod = importlib.import_module(module)
+    rc: int = mod.main(argv)
+    return rc
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from gateway.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.file)
+    except ConfigError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    pools = sorted({r.pool for r in cfg.replicas})
+    print(f"{args.file}: ok: {len(cfg.replicas)} replicas in {len(pools)} pools "
+          f"({', '.join(pools) or '-'}), {len(cfg.models)} models configured, "
+          f"cache {cfg.cache.store}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from gateway.app import run_gateway
+    from gateway.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config)
+    except ConfigError as exc:
+        print(f"infergate: refusing to start: invalid config\n{exc}", file=sys.stderr)
+        return 2
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:
+        runner = asyncio.run
+    try:
+        return runner(run_gateway(cfg, Path(args.config)))
+    except OSError as exc:
+        print(f"infergate: cannot start: {exc}", file=sys.stderr)
+        return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="infergate", description=__doc__.splitlines()[0])
+    p.add_argument("--log-level", default="INFO")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    run = sub.add_parser("run", help="serve: gRPC 8500, REST 8501, admin 127.0.0.1:9901")
+    run.add_argument("--config", required=True)
+    run.set_defaults(fn=cmd_run)
+
+    val = sub.add_parser("validate", help="check a config file")
+    val.add_argument("file")
+    val.set_defaults(fn=cmd_validate)
+
+    for name, module, help_ in [
+        ("replica", "replica.server", "a TF-Serving-compatible replica for SavedModels on disk"),
+        ("make-test-models", "replica.testmodels", "write the test SavedModels into DIR"),
+        ("agent", "gateway.agent", "serve this node's GPU (NVML) and CPU load as Prometheus text"),
+        ("demo", "gateway.demo", "local replicas, a gateway and sample traffic"),
+        ("rollout", "gateway.rollout_cli", "status|pause|resume|promote|abort MODEL"),
+        ("batch", "gateway.batch", "send a JSONL file of instances through the gateway"),
+        ("scale", "gateway.scale_sim", "scale simulate --trace FILE"),
+    ]:
+        sp = sub.add_parser(name, help=help_, add_help=False)
+        sp.add_argument("rest", nargs=argparse.REMAINDER)
+        sp.set_defaults(fn=None, module=module)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.fn is None:
+        return _passthrough(args.module, list(args.rest) + extra)
+    if extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    rc: int = args.fn(args)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,290 @@
+"""Active health checks (model status per replica) and load scraping (GPU/CPU metrics).
+
+Model status is read with TF Serving's REST status call (GET /v1/models/M), or GetModelStatus
+over gRPC for a replica with no REST address. A replica is alive when it answers at all; a
+version is routable there only while its state is AVAILABLE.
+
+What must always hold:
+- rise/fall: a replica that was up goes down after `fall` consecutive failed probes and comes
+  back after `rise` consecutive good ones; a replica never seen up is routable after its first
+  good probe (so start-up does not wait `rise` intervals);
+- scraped load that is missing, unparseable or older than `metrics_stale_s` reads as unknown
+  (None), never as idle;
+- models are discovered on first use: an unknown name is probed on every replica once (calls for
+  it share that probe), and a name no replica serves is remembered as absent for a short while.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from typing import TYPE_CHECKING
+
+import aiohttp
+import grpc
+import orjson
+
+from gateway.replicas import ReplicaState
+from gateway.tasks import spawn
+from gateway.wire import LEN, VARINT, WireError, encode_varint, iter_fields, read_varint
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+log = logging.getLogger("infergate.health")
+
+STATE_NAMES = {0: "UNKNOWN", 10: "START", 20: "LOADING", 30: "AVAILABLE", 40: "UNLOADING", 50: "END"}
+MAX_DISCOVERED = 1000
+ABSENT_TTL_S = 2.0
+
+
+class ProbeError(Exception):
+    pass
+
+
+def parse_status_json(body: bytes) -> dict[int, str]:
+    data = orjson.loads(body)
+    out: dict[int, str] = {}
+    for item in data.get("model_version_status", []):
+        out[int(item["version"])] = str(item.get("state", "UNKNOWN"))
+    return out
+
+
+def parse_status_proto(body: bytes) -> dict[int, str]:
+    """GetModelStatusResponse: model_version_status = 1 {version = 1, state = 2, status = 3}."""
+    out: dict[int, str] = {}
+    for f, wt, _s, vs, end in iter_fields(body):
+        if f != 1 or wt != LEN:
+            continue
+        item = body[vs:end]
+        version, state = 0, 0
+        for f2, wt2, _s2, vs2, _e2 in iter_fields(item):
+            if wt2 == VARINT and f2 in (1, 2):
+                v, _ = read_varint(item, vs2)
+                if f2 == 1:
+                    version = v
+                else:
+                    state = v
+        out[version] = STATE_NAMES.get(state, "UNKNOWN")
+    return out
+
+
+def status_request_proto(model: str) -> bytes:
+    name = model.encode()
+    spec = b"\x0a" + encode_varint(len(name)) + name
+    return b"\x0a" + encode_varint(len(spec)) + spec
+
+
+def parse_load_metrics(text: str) -> tuple[float | None, float | None, float | None]:
+    """(gpu_util 0..1, gpu_mem_frac 0..1, cpu_util 0..1) from Prometheus text exposition.
+
+    Reads dcgm-exporter's names (DCGM_FI_DEV_GPU_UTIL in percent, DCGM_FI_DEV_FB_USED/FREE in
+    MiB; averaged over GPUs) and the agent's infergate_agent_cpu_util. Raises ValueError when the
+    text is not Prometheus exposition at all.
+    """
+    util: list[float] = []
+    used: list[float] = []
+    free: list[float] = []
+    cpu: float | None = None
+    parsed = 0
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        name_end = line.find("{")
+        if name_end < 0:
+            name, _, rest = line.partition(" ")
+        else:
+            name = line[:name_end]
+            rest = line[line.rfind("}") + 1:]
+        parts = rest.split()
+        if not name or not parts:
+            raise ValueError(f"not Prometheus text: {line[:60]!r}")
+        value = float(parts[0])
+        parsed += 1
+        if math.isnan(value):
+            continue
+        if name == "DCGM_FI_DEV_GPU_UTIL":
+            util.append(value / 100.0)
+        elif name == "DCGM_FI_DEV_FB_USED":
+            used.append(value)
+        elif name == "DCGM_FI_DEV_FB_FREE":
+            free.append(value)
+        elif name == "infergate_agent_cpu_util":
+            cpu = value
+    if parsed == 0 and text.strip():
+        raise ValueError("no samples")
+    gpu = sum(util) / len(util) if util else None
+    mem = None
+    if used and free and len(used) == len(free):
+        total = sum(used) + sum(free)
+        mem = sum(used) / total if total > 0 else None
+    return gpu, mem, cpu
+
+
+class HealthChecker:
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self._session: aiohttp.ClientSession | None = None
+        self._discovering: dict[str, asyncio.Future[None]] = {}
+        self._absent: dict[str, float] = {}
+        self.discovered: set[str] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    def watched(self) -> set[str]:
+        return set(self.gw.runtime.cfg.models) | self.discovered
+
+    def start(self) -> None:
+        self._tasks = [spawn(self._probe_loop(), "health-probes"),
+                       spawn(self._scrape_loop(), "metrics-scrape")]
+
+    async def stop(self) -> None:
+        from gateway.tasks import cancel_all
+
+        await cancel_all(list(self._tasks))
+        if self._session is not None:
+            await self._session.close()
+
+    # ---- model status --------------------------------------------------------------------
+
+    async def _probe_model(self, r: ReplicaState, model: str, timeout: float) -> dict[int, str]:
+        if r.cfg.rest is not None:
+            url = f"http://{r.cfg.rest}/v1/models/{model}"
+            try:
+                async with self.session().get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+                    body = await resp.read()
+                    if resp.status == 404:
+                        return {}
+                    if resp.status != 200:
+                        raise ProbeError(f"status {resp.status}")
+                    return parse_status_json(body)
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError, KeyError) as exc:
+                raise ProbeError(repr(exc)) from None
+        assert r.cfg.grpc is not None
+        stub = self.gw.grpc_fwd.channel(r.cfg.grpc).unary_unary(
+            "/tensorflow.serving.ModelService/GetModelStatus")
+        try:
+            reply: bytes = await stub(status_request_proto(model), timeout=timeout)
+            return parse_status_proto(reply)
+        except grpc.aio.AioRpcError as err:
+            if err.code() == grpc.StatusCode.NOT_FOUND:
+                return {}
+            raise ProbeError(err.code().name) from None
+        except WireError as exc:
+            raise ProbeError(str(exc)) from None
+
+    async def probe_replica(self, r: ReplicaState, models: set[str]) -> None:
+        hc = self.gw.runtime.cfg.health
+        try:
+            results = await asyncio.gather(*(self._probe_model(r, m, hc.timeout_s) for m in models))
+        except ProbeError as exc:
+            self.gw.metrics.probe_failures.labels(r.name).inc()
+            r.successes = 0
+            r.failures += 1
+            if r.healthy and r.failures >= hc.fall:
+                log.warning("replica %s is down: %s", r.name, exc)
+                r.healthy = False
+            return
+        r.failures = 0
+        r.successes += 1
+        for m, versions in zip(models, results, strict=True):
+            r.versions[m] = versions
+        if not r.healthy and (r.successes >= hc.rise or not r.ever_up):
+            log.info("replica %s is up", r.name)
+            r.healthy = True
+            r.ever_up = True
+
+    async def probe_all(self) -> None:
+        models = self.watched()
+        reps = self.gw.runtime.replicas
+        await asyncio.gather(*(self.probe_replica(r, models) for r in reps.all))
+        now = time.monotonic()
+        reps.rebuild(now)
+        for r in reps.all:
+            self.gw.metrics.replica_healthy.labels(r.name, r.pool).set(1 if r.healthy else 0)
+            self.gw.metrics.replica_ejected.labels(r.name).set(1 if now < r.ejected_until else 0)
+
+    async def _probe_loop(self) -> None:
+        while True:
+            try:
+                await self.probe_all()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a bug in one round must not stop health checking
+                log.exception("health probe round failed")
+            await asyncio.sleep(self.gw.runtime.cfg.health.interval_s)
+
+    async def discover(self, model: str) -> None:
+        """Probe every replica for a model the gateway has not seen; calls share one probe."""
+        if time.monotonic() < self._absent.get(model, 0.0):
+            return
+        fut = self._discovering.get(model)
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            self._discovering[model] = fut
+            spawn(self._discover(model, fut), f"discover-{model[:40]}")
+        await asyncio.shield(fut)
+
+    async def _discover(self, model: str, fut: asyncio.Future[None]) -> None:
+        try:
+            reps = self.gw.runtime.replicas
+            timeout = self.gw.runtime.cfg.health.timeout_s
+
+            async def one(r: ReplicaState) -> None:
+                try:
+                    r.versions[model] = await self._probe_model(r, model, timeout)
+                except ProbeError:
+                    return
+
+            await asyncio.gather(*(one(r) for r in reps.all))
+            reps.rebuild()
+            if reps.knows(model) and any(r.versions.get(model) for r in reps.all):
+                if len(self.discovered) < MAX_DISCOVERED:
+                    self.discovered.add(model)
+            else:
+                for r in reps.all:
+                    r.versions.pop(model, None)
+                reps.rebuild()
+                self._absent[model] = time.monotonic() + ABSENT_TTL_S
+                if len(self._absent) > MAX_DISCOVERED:
+                    self._absent = {k: v for k, v in self._absent.items() if v > time.monotonic()}
+        finally:
+            self._discovering.pop(model, None)
+            if not fut.done():
+                fut.set_result(None)
+
+    # ---- load metrics ---------------------------------------------------------------------
+
+    async def scrape(self, r: ReplicaState) -> None:
+        url = r.cfg.metrics
+        if url is None:
+            return
+        hc = self.gw.runtime.cfg.health
+        try:
+            async with self.session().get(url, timeout=aiohttp.ClientTimeout(total=hc.timeout_s)) as resp:
+                if resp.status != 200:
+                    raise ValueError(f"status {resp.status}")
+                text = (await resp.read()).decode("utf-8", "replace")
+            gpu, mem, cpu = parse_load_metrics(text)
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError) as exc:
+            self.gw.metrics.scrape_failures.labels(r.name).inc()
+            r.gpu.ok = False
+            log.debug("metrics scrape of %s failed: %r", r.name, exc)
+            return
+        r.gpu.util, r.gpu.mem_frac, r.gpu.cpu_util = gpu, mem, cpu
+        r.gpu.at = time.monotonic()
+        r.gpu.ok = True
+        self.gw.metrics.replica_gpu_util.labels(r.name).set(-1 if gpu is None else gpu)
+
+    async def _scrape_loop(self) -> None:
+        while True:
+            reps = self.gw.runtime.replicas
+            await asyncio.gather(*(self.scrape(r) for r in reps.all))
+            await asyncio.sleep(self.gw.runtime.cfg.health.metrics_interval_s)

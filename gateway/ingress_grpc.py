@@ -1,0 +1,118 @@
+"""The TF Serving gRPC surface (port 8500): raw request bytes in, raw answer bytes out.
+
+Generic handlers receive every method of PredictionService and ModelService without
+deserialising: only the ModelSpec (field 1) is read, by gateway.wire. A request whose spec cannot
+be read, or a method this module does not route, is passed through to a replica unchanged so the
+replica's own status is what the client sees.
+
+What must always hold: code, details and trailing metadata of a replica's error reach the client
+unchanged; the client's deadline is forwarded as the remaining time; initial metadata carries
+x-infergate-replica, x-infergate-version and x-infergate-cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+import grpc
+
+from gateway.call import Answer, Call
+from gateway.errors import CODE_BY_VALUE, GatewayError, ShuttingDown
+from gateway.wire import WireError, read_spec
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+log = logging.getLogger("infergate.grpc")
+
+PREDICTION = "/tensorflow.serving.PredictionService/"
+MODEL = "/tensorflow.serving.ModelService/"
+METHODS: dict[str, str] = {
+    PREDICTION + "Predict": "predict",
+    PREDICTION + "Classify": "classify",
+    PREDICTION + "Regress": "regress",
+    PREDICTION + "MultiInference": "multi_inference",
+    PREDICTION + "GetModelMetadata": "metadata",
+    MODEL + "GetModelStatus": "status",
+    MODEL + "HandleReloadConfigRequest": "reload",
+}
+
+Handler = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
+
+
+class GrpcIngress(grpc.GenericRpcHandler):
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        path: str = handler_call_details.method  # type: ignore[attr-defined]
+        h = self._handlers.get(path)
+        if h is None:
+            if not path.startswith("/tensorflow.serving."):
+                return None  # UNIMPLEMENTED, as a TF Serving server answers
+            h = grpc.unary_unary_rpc_method_handler(self._make(path, METHODS.get(path, "other")))
+            self._handlers[path] = h
+        return h
+
+    def _make(self, path: str, method: str) -> Handler:
+        async def handle(body: bytes, context: grpc.aio.ServicerContext) -> bytes:
+            return await self._handle(path, method, body, context)
+        return handle
+
+    async def _handle(self, path: str, method: str, body: bytes,
+                      context: grpc.aio.ServicerContext) -> bytes:
+        gw = self.gw
+        t0 = time.monotonic()
+        call: Call | None = None
+        try:
+            if gw.draining:
+                raise ShuttingDown("The gateway is shutting down")
+            remaining = context.time_remaining()
+            deadline = None if remaining is None else t0 + remaining
+            md = {k.lower(): v for k, v in (context.invocation_metadata() or ())
+                  if isinstance(v, str)}
+            spec = None
+            if method not in ("other", "reload"):
+                try:
+                    spec = read_spec(body, multi=method == "multi_inference")
+                except WireError:
+                    spec = None  # the replica answers a malformed request itself
+            if spec is None or not spec.name:
+                call = Call("grpc", method if method == "reload" else "other", None, None, None, "",
+                            md, body, deadline, path)
+            else:
+                call = Call("grpc", method, spec.name, spec.version, spec.label, spec.signature, md,
+                            body, deadline, path)
+            answer = await gw.pipeline.handle(call, gw.grpc_fwd)
+        except GatewayError as exc:
+            gw.metrics.errors.labels("grpc", type(exc).__name__).inc()
+            gw.observe_call("grpc", None, None, "", str(exc.code.value[0]), t0)
+            await context.abort(exc.code, exc.message)
+            raise AssertionError("unreachable") from None
+        except grpc.aio.AbortError:
+            raise
+        except Exception:
+            log.exception("unexpected error answering %s", path)
+            gw.metrics.errors.labels("grpc", "internal").inc()
+            await context.abort(grpc.StatusCode.INTERNAL, "Internal gateway error")
+            raise AssertionError("unreachable") from None
+        gw.observe_call("grpc", call.model, answer.version, answer.replica, str(answer.status), t0)
+        return await _reply(answer, context)
+
+
+async def _reply(a: Answer, context: grpc.aio.ServicerContext) -> bytes:
+    md: list[tuple[str, Any]] = [(k, v) for k, v in a.headers if not k.startswith("x-infergate-")]
+    md += [("x-infergate-replica", a.replica),
+           ("x-infergate-version", "" if a.version is None else str(a.version)),
+           ("x-infergate-cache", a.cache)]
+    await context.send_initial_metadata(tuple(md))
+    if a.trailers:
+        context.set_trailing_metadata(a.trailers)
+    if a.status != 0:
+        code = CODE_BY_VALUE.get(a.status, grpc.StatusCode.UNKNOWN)
+        await context.abort(code, a.details, a.trailers or ())
+    return a.body

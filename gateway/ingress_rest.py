@@ -1,0 +1,102 @@
+"""The TF Serving REST surface (port 8501): HTTP requests in, `Call`s to the pipeline, answers out.
+
+Built on aiohttp's low-level server (no router, no middleware): the path is matched once with
+TF Serving's own grammar (gateway.wire). Requests that are not routable model calls but lie under
+/v1/ are passed through to a replica unchanged, so their errors are the replica's own.
+
+What must always hold: every answer carries x-infergate-replica, x-infergate-version and
+x-infergate-cache; an error is TF Serving's {"error": "..."} JSON; nothing leaks a stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+from aiohttp.web_request import BaseRequest
+
+from gateway.call import Answer, Call
+from gateway.errors import GatewayError, PayloadTooLarge, ShuttingDown, rest_error_body
+from gateway.wire import RestRequest, parse_rest_path
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+log = logging.getLogger("infergate.rest")
+JSON = "application/json"
+TIMEOUT_HEADER = "x-infergate-timeout-ms"
+
+
+class RestIngress:
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+
+    async def _read_body(self, request: BaseRequest, limit: int) -> bytes:
+        length = request.content_length
+        if length is not None and length > limit:
+            raise PayloadTooLarge(f"Request body of {length} bytes exceeds the limit of {limit} bytes")
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            chunk = await request.content.readany()
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > limit:
+                raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def handle(self, request: BaseRequest) -> web.StreamResponse:
+        gw = self.gw
+        t0 = time.monotonic()
+        raw = request.raw_path
+        path, _, query = raw.partition("?")
+        if not path.lower().startswith("/v1/"):
+            return web.Response(status=404, text="Not Found")
+        method = request.method
+        try:
+            if gw.draining:
+                raise ShuttingDown("The gateway is shutting down")
+            body = await self._read_body(request, gw.runtime.cfg.limits.max_body_bytes)
+            target = parse_rest_path(method, path)
+            headers = {k.lower(): v for k, v in request.headers.items()}
+            deadline = None
+            tmo = headers.get(TIMEOUT_HEADER)
+            if tmo is not None:
+                try:
+                    deadline = t0 + max(0.0, float(tmo)) / 1000.0
+                except ValueError:
+                    return _error(400, f"Invalid {TIMEOUT_HEADER} header: {tmo[:40]}")
+            extra = RestRequest(method, path, query, target)
+            if target is None:
+                call = Call("rest", "other", None, None, None, "", headers, body, deadline, extra)
+            else:
+                call = Call("rest", target.verb, target.model, target.version, target.label, "",
+                            headers, body, deadline, extra)
+            answer = await gw.pipeline.handle(call, gw.rest_fwd)
+        except GatewayError as exc:
+            gw.metrics.errors.labels("rest", type(exc).__name__).inc()
+            gw.observe_call("rest", None, None, "", str(exc.http_status), t0)
+            return _error(exc.http_status, exc.message)
+        except Exception:
+            log.exception("unexpected error answering %s %s", method, path[:200])
+            gw.metrics.errors.labels("rest", "internal").inc()
+            return _error(500, "Internal gateway error")
+        gw.observe_call("rest", call.model, answer.version, answer.replica, str(answer.status), t0)
+        return _answer(answer)
+
+
+def _error(status: int, message: str) -> web.Response:
+    return web.Response(status=status, body=rest_error_body(message),
+                        headers={"Content-Type": JSON})
+
+
+def _answer(a: Answer) -> web.Response:
+    headers = dict(a.headers)
+    headers["x-infergate-replica"] = a.replica
+    headers["x-infergate-version"] = "" if a.version is None else str(a.version)
+    headers["x-infergate-cache"] = a.cache
+    return web.Response(status=a.status, body=a.body, headers=headers)

@@ -1,0 +1,207 @@
+"""The filters every call passes: admission -> resolve -> cache -> rank -> upstream (retry).
+
+What must always hold:
+- a call is answered exactly once, by an `Answer` or by a `GatewayError` the ingress maps;
+- the replica's in-flight count is incremented before a send and decremented after it, whatever
+  happens (cancellation included);
+- a retry goes to a different replica, only for idempotent methods, only on a connection failure
+  or UNAVAILABLE/503, only within the retry budget and the remaining deadline.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import TYPE_CHECKING
+
+from gateway.call import IDEMPOTENT, Answer, Call, Forwarder
+from gateway.errors import DeadlineExceeded, GatewayError, NoReplica, Overloaded, ReplicaUnavailable
+from gateway.replicas import ReplicaState
+from gateway.routing import ModelRouter, Target
+from policies.base import PickContext
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+log = logging.getLogger("infergate.pipeline")
+
+# Outlier ejection (Envoy's consecutive_5xx): eject after this many consecutive failures for
+# BASE_EJECTION_S x the number of times the replica was ejected, capped at MAX_EJECTION_S.
+CONSECUTIVE_ERRORS = 5
+BASE_EJECTION_S = 30.0
+MAX_EJECTION_S = 300.0
+
+
+class Pipeline:
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.rng = random.Random()
+        self._rr = 0
+
+    async def handle(self, call: Call, fwd: Forwarder) -> Answer:
+        gw = self.gw
+        rt = gw.runtime
+        now = time.monotonic()
+        if gw.total_in_flight >= rt.admission_limit:
+            priority = call.headers.get("x-priority", "standard")
+            if priority != "critical" or gw.total_in_flight >= rt.admission_limit * 2:
+                gw.metrics.shed.labels("queue_full").inc()
+                raise Overloaded("Too many requests in flight at the gateway")
+        elif (call.headers.get("x-priority") == "sheddable"
+              and gw.total_in_flight >= rt.admission_limit * 0.8):
+            gw.metrics.shed.labels("sheddable").inc()
+            raise Overloaded("Shedding low-priority request under load")
+
+        model = call.model
+        if not model:
+            return await self._send(call, fwd, self._any(now), None, "", now)
+        if not rt.replicas.knows(model):
+            await gw.health.discover(model)
+        router = rt.router(model)
+        version, candidates, arm = self._resolve(call, router, now)
+        if not candidates:
+            return await self._unroutable(call, fwd, router, version, now)
+        key = router.session_key(call.headers) if router.sticky is not None else None
+        if router.sticky is not None and key is None:
+            gw.metrics.sticky_fallback.labels(model).inc()
+        ctx = PickContext(self.rng, now, key)
+        ranked: list[ReplicaState] = router.rank(candidates, ctx)  # type: ignore[assignment]
+        return await self._send(call, fwd, ranked, version, arm, now)
+
+    # ---- resolution --------------------------------------------------------------------
+
+    def _resolve(self, call: Call, router: ModelRouter,
+                 now: float) -> tuple[int | None, list[ReplicaState], str]:
+        """(version to forward, eligible replicas, split arm) for a call."""
+        reps = self.gw.runtime.replicas
+        model = router.name
+        if call.version is not None:
+            return call.version, reps.available(model, call.version), f"version:{call.version}"
+        if call.label is not None:
+            v = router.labels.get(call.label)
+            if v is None:  # a label the gateway does not own: the replica resolves it
+                return None, reps.with_model(model, now), call.label
+            return v, reps.available(model, v), call.label
+        if call.method == "status":  # status without a version lists every version as is
+            return None, reps.with_model(model, now), "status"
+        targets = router.choose_targets(call.headers, call.method, call.protocol, self.rng)
+        for t in targets:
+            v = t.version if t.version is not None else reps.latest(model)
+            if v is None:
+                continue
+            cands = reps.available(model, v)
+            if t.pool is not None:
+                cands = [r for r in cands if r.pool == t.pool]
+            if cands:
+                if t.arm != "latest" or len(targets) > 1:
+                    self.gw.metrics.split_arm.labels(model, t.arm).inc()
+                return v, cands, t.arm
+        return None, [], ""
+
+    async def _unroutable(self, call: Call, fwd: Forwarder, router: ModelRouter,
+                          version: int | None, now: float) -> Answer:
+        """No replica can serve: relay the replicas' own answer when the model or version does
+        not exist (TF Serving's exact 404), else say which model and version are unavailable."""
+        reps = self.gw.runtime.replicas
+        model = router.name
+        wanted = call.version
+        if wanted is None and call.label is not None:
+            wanted = router.labels.get(call.label)
+        loaded_somewhere = any(
+            r.versions.get(model, {}).get(wanted if wanted is not None else -1) == "AVAILABLE"
+            for r in reps.all)
+        if wanted is None:
+            loaded_somewhere = any(
+                s == "AVAILABLE" for r in reps.all for s in r.versions.get(model, {}).values())
+        if loaded_somewhere:
+            what = f"version {wanted}" if wanted is not None else "any version"
+            raise NoReplica(f"No healthy replica can serve model {model} {what}")
+        return await self._send(call, fwd, self._any(now), None, "", now)
+
+    def _any(self, now: float) -> list[ReplicaState]:
+        reps = self.gw.runtime.replicas.routable(now)
+        if not reps:
+            reps = [r for r in self.gw.runtime.replicas.all if r.healthy]
+        if not reps:
+            raise NoReplica("No healthy replica is available")
+        self._rr = (self._rr + 1) % len(reps)
+        return reps[self._rr:] + reps[:self._rr]
+
+    # ---- upstream ------------------------------------------------------------------------
+
+    async def _send(self, call: Call, fwd: Forwarder, ranked: list[ReplicaState],
+                    version: int | None, arm: str, now: float) -> Answer:
+        gw = self.gw
+        rt = gw.runtime
+        budget = gw.retry_budget
+        budget.record_call()
+        timeout = rt.timeout_for(call.model)
+        deadline = now + timeout if call.deadline is None else min(call.deadline, now + timeout)
+        attempts = min(len(ranked), rt.cfg.retries.max_attempts if call.method in IDEMPOTENT else 1)
+        last: Answer | GatewayError | None = None
+        for i in range(attempts):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise DeadlineExceeded("Deadline Exceeded")
+            if i > 0:
+                if not budget.try_withdraw():
+                    gw.metrics.retry_budget_exhausted.labels(gw.model_label(call.model)).inc()
+                    break
+                gw.metrics.retries.labels(gw.model_label(call.model)).inc()
+            replica = ranked[i]
+            try:
+                answer = await self._attempt(call, fwd, replica, version, remaining)
+            except ReplicaUnavailable as exc:
+                last = exc
+                continue
+            if fwd.retryable(answer) and i + 1 < attempts:
+                last = answer
+                continue
+            return answer
+        if isinstance(last, Answer):
+            return last
+        if isinstance(last, GatewayError):
+            raise last
+        raise NoReplica("No replica answered")
+
+    async def _attempt(self, call: Call, fwd: Forwarder, replica: ReplicaState,
+                       version: int | None, timeout: float) -> Answer:
+        gw = self.gw
+        replica.in_flight += 1
+        gw.total_in_flight += 1
+        t0 = time.monotonic()
+        failed = True
+        try:
+            answer = await fwd.send(call, replica, version, timeout)
+            failed = fwd.retryable(answer)
+            return answer
+        finally:
+            t1 = time.monotonic()
+            replica.in_flight -= 1
+            gw.total_in_flight -= 1
+            replica.requests += 1
+            if failed:
+                self._record_failure(replica, t1)
+            else:
+                replica.consecutive_errors = 0
+                replica.ewma.observe(t1 - t0, t1)
+                gw.on_upstream_done(replica, t1 - t0)
+
+    def _record_failure(self, replica: ReplicaState, now: float) -> None:
+        replica.errors += 1
+        replica.consecutive_errors += 1
+        if replica.consecutive_errors < CONSECUTIVE_ERRORS or now < replica.ejected_until:
+            return
+        reps = self.gw.runtime.replicas
+        pool = [r for r in reps.all if r.pool == replica.pool]
+        ejected = sum(1 for r in pool if now < r.ejected_until)
+        if (ejected + 1) * 2 > len(pool):  # never eject more than half of a pool
+            return
+        replica.ejections += 1
+        replica.ejected_until = now + min(BASE_EJECTION_S * replica.ejections, MAX_EJECTION_S)
+        replica.consecutive_errors = 0
+        log.warning("ejecting replica %s for %.0f s after repeated failures", replica.name,
+                    replica.ejected_until - now)
+        self.gw.metrics.replica_ejected.labels(replica.name).set(1)
+        reps.rebuild(now)

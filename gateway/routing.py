@@ -1,0 +1,129 @@
+"""Per-model routing built once from config: labels, rule chain, splits, sticky and balance.
+
+`ModelRouter` is immutable and rebuilt on every reload. At request time it answers two
+questions, both without I/O: which (version, pool) should serve this call, and in what order
+should the eligible replicas be tried. Policies come from the `policies` registry by name.
+
+What must always hold:
+- an explicit version in the request is always honoured;
+- a label named in the config resolves here; a label the config does not name is passed through;
+- a split arm with no eligible replica (a canary not loaded yet) is skipped, never an error,
+  as long as another arm or the latest version can serve.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from gateway.config import HeaderMatch as HeaderMatchCfg
+from gateway.config import ModelConfig
+from policies.base import Balancer, PickContext, ReplicaView
+from policies.match import HeaderMatch, RouteMatch, RuleChain
+from policies.registry import make_balancer
+from policies.split import WeightedSplit
+from policies.sticky import StickyPolicy, StickyTableCache
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What a split arm names: a version (None = latest) and optionally a pool."""
+
+    version: int | None = None
+    pool: str | None = None
+    arm: str = "latest"
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRoute:
+    split: WeightedSplit[str]
+    bucket_by: str | None
+    arms: tuple[str, ...]
+
+
+def _header_match(name: str, spec: str | HeaderMatchCfg) -> HeaderMatch:
+    if isinstance(spec, str):
+        return HeaderMatch(name.lower(), exact=spec)
+    return HeaderMatch(name.lower(), exact=spec.exact, regex=spec.regex, present=spec.present)
+
+
+class ModelRouter:
+    """Routing for one model, compiled from its config."""
+
+    def __init__(self, name: str, cfg: ModelConfig, default_balance: str = "round_robin",
+                 weight_override: Mapping[str, float] | None = None) -> None:
+        self.name = name
+        self.cfg = cfg
+        self.labels: dict[str, int] = dict(cfg.labels)
+        rules: list[tuple[RouteMatch, CompiledRoute]] = []
+        for route in cfg.routes:
+            split = dict(route.split)
+            if weight_override and route.match is None:
+                split = {**split, **weight_override}
+            arms = tuple(split)
+            weighted = [(a, w) for a, w in split.items()]
+            if sum(w for _a, w in weighted) <= 0:
+                continue
+            m = route.match
+            match = RouteMatch(
+                headers=tuple(_header_match(k, v) for k, v in (m.headers.items() if m else ())),
+                methods=frozenset(m.methods) if m and m.methods else None,
+                protocols=frozenset(m.protocols) if m and m.protocols else None,
+            )
+            rules.append((match, CompiledRoute(WeightedSplit(weighted, salt=name), route.bucket_by,
+                                               arms)))
+        self.chain: RuleChain[CompiledRoute] = RuleChain(rules)
+        balance = cfg.balance if "balance" in cfg.model_fields_set else default_balance
+        self.balancer: Balancer = make_balancer(balance)
+        self.sticky_header = cfg.sticky.header.lower() if cfg.sticky and cfg.sticky.header else None
+        self.sticky_cookie = cfg.sticky.cookie if cfg.sticky else None
+        self.sticky: Balancer | None = (
+            StickyPolicy(self.balancer, StickyTableCache(c=cfg.sticky.load_factor)) if cfg.sticky
+            else None
+        )
+
+    def target_of(self, arm: str) -> Target:
+        if arm.startswith("version:"):
+            return Target(version=int(arm[8:]), arm=arm)
+        if arm.startswith("pool:"):
+            return Target(pool=arm[5:], arm=arm)
+        return Target(version=self.labels.get(arm), arm=arm)
+
+    def choose_targets(self, headers: Mapping[str, str], method: str, protocol: str,
+                       rng: random.Random) -> list[Target]:
+        """Targets in order of preference for a call that named no version or label."""
+        route = self.chain.select(headers, method, protocol)
+        if route is None:
+            return [Target()]
+        key = headers.get(route.bucket_by.lower()) if route.bucket_by else None
+        first = route.split.pick(key, rng)
+        order = [first] + [a for a in route.arms if a != first]
+        return [self.target_of(a) for a in order] + [Target()]
+
+    def session_key(self, headers: Mapping[str, str]) -> str | None:
+        if self.sticky_header is not None:
+            v = headers.get(self.sticky_header)
+            if v:
+                return v
+        if self.sticky_cookie is not None:
+            return _cookie(headers.get("cookie", ""), self.sticky_cookie)
+        return None
+
+    def rank(self, candidates: Sequence[ReplicaView], ctx: PickContext) -> list[ReplicaView]:
+        if self.sticky is not None and ctx.key is not None:
+            return self.sticky.rank(candidates, ctx)
+        return self.balancer.rank(candidates, ctx)
+
+
+def _cookie(header: str, name: str) -> str | None:
+    for part in header.split(";"):
+        k, sep, v = part.strip().partition("=")
+        if sep and k == name:
+            return v or None
+    return None
+
+
+def default_router(name: str, balance: str) -> ModelRouter:
+    """The router of a model the config does not list (discovered on first use)."""
+    return ModelRouter(name, ModelConfig(balance=balance), balance)
