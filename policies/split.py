@@ -55,7 +55,9 @@ class WeightedSplit(Generic[T]):
         self._weights: tuple[float, ...] = tuple(float(w) for _, w in arms)
         self._cumulative = cumulative
         self._total = total
-        self._last = last  # rounding can put u * total on the very top; it belongs to the last arm
+        # u < 1 keeps u * total below the top for any rng honouring random()'s [0, 1); the clamp
+        # keeps an rng that returns 1.0 off trailing zero-weight arms and inside the tuple.
+        self._last = last
         # The salt (e.g. the model name) decorrelates splits: a user on the canary of one model is not
         # thereby on the canary of every model. A length-prefixed salt keeps ("ab", "c") != ("a", "bc").
         salt_bytes = salt.encode("utf-8", "surrogatepass")

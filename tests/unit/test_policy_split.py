@@ -108,14 +108,20 @@ def test_zero_weight_arm_is_never_picked() -> None:
         assert not {split.pick(k, rng) for k in user_ids(3, 3000)} & {"off", "off2"}
 
 
-def test_position_is_in_unit_interval_and_the_top_goes_to_the_last_arm() -> None:
+def test_position_is_in_unit_interval_and_the_top_goes_to_the_last_weighted_arm() -> None:
     split = WeightedSplit([("a", 1.0), ("b", 2.0), ("zero", 0.0)])
 
-    class Top(random.Random):
-        def random(self) -> float:
-            return math.nextafter(1.0, 0.0)
+    class Edge(random.Random):
+        def __init__(self, value: float) -> None:
+            super().__init__(0)
+            self.value = value
 
-    assert split.pick(None, Top()) == "b"
+        def random(self) -> float:
+            return self.value
+
+    assert split.pick(None, Edge(math.nextafter(1.0, 0.0))) == "b"
+    assert split.pick(None, Edge(1.0)) == "b"  # out of contract, still never the zero-weight arm
+    assert split.pick(None, Edge(0.0)) == "a"
     assert all(0.0 <= split.position(k) < 1.0 for k in user_ids(4, 2000))
 
 
