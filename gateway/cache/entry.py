@@ -81,7 +81,9 @@ def encode_entry(entry: Entry) -> bytes:
         for text in (name, value):
             raw = text.encode("utf-8")
             if len(raw) > _MAX_FIELD:
-                raise ValueError(f"header field of {len(raw)} bytes; the cache format carries at most {_MAX_FIELD}")
+                raise ValueError(
+                    f"header field of {len(raw)} bytes; the cache format carries at most {_MAX_FIELD}"
+                )
             parts.append(_LEN.pack(len(raw)))
             parts.append(raw)
     parts.append(entry.body)

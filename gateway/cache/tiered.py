@@ -38,6 +38,7 @@ T = TypeVar("T")
 MEMORY_STORE = "memory"
 DEFAULT_MAX_BYTES = 256 << 20
 DEFAULT_MAX_ENTRY_BYTES = 4 << 20
+_CIRCUIT_GAUGE = {CircuitState.CLOSED: 0, CircuitState.HALF_OPEN: 1, CircuitState.OPEN: 2}
 
 
 @dataclass(slots=True)
@@ -118,7 +119,6 @@ class PredictionCache:
             return False
         if len(key) + entry.size_bytes() > self.max_entry_bytes:
             self.counts.too_large += 1
-            self.memory.stats.too_large += 1
             return False
         self.counts.stores += 1
         self.memory.put(key, entry, ttl_s)
@@ -130,20 +130,22 @@ class PredictionCache:
         """Run `fn` once for all concurrent callers of `key`; see `Coalescer.run`."""
         return await self.coalescer.run(key, fn)
 
-    def stats(self) -> dict[str, int | float | str]:
-        """Flat counters and gauges for metrics and the admin API (names are stable)."""
-        out: dict[str, int | float | str] = {"store": MEMORY_STORE if self.redis is None else "redis"}
-        out.update(asdict(self.counts))
+    def stats(self) -> dict[str, int]:
+        """Flat integer counters and gauges for metrics and the admin API (names are stable).
+
+        `redis_circuit_state` is 0 closed, 1 half-open, 2 open; the `redis_*` names are present
+        only with a Redis store (`redis_enabled` says which).
+        """
+        out: dict[str, int] = asdict(self.counts)
         out.update({f"memory_{name}": value for name, value in asdict(self.memory.stats).items()})
         out["memory_bytes"] = self.memory.bytes_used
         out["memory_entries"] = len(self.memory)
         out.update({f"coalesce_{name}": value for name, value in asdict(self.coalescer.stats).items()})
         out["coalesce_in_flight"] = len(self.coalescer)
+        out["redis_enabled"] = 0 if self.redis is None else 1
         if self.redis is not None:
             out.update({f"redis_{name}": value for name, value in asdict(self.redis.stats).items()})
-            state = self.redis.circuit_state
-            out["redis_circuit"] = state.value
-            out["redis_circuit_open"] = 0 if state is CircuitState.CLOSED else 1
+            out["redis_circuit_state"] = _CIRCUIT_GAUGE[self.redis.circuit_state]
             out["redis_circuit_opened"] = self.redis.circuit.opened_total
             out["redis_pending_sets"] = self.redis.pending_sets
         return out
