@@ -196,7 +196,8 @@ def _thresholds_from(raw: object, default: Thresholds, path: str) -> Thresholds:
         raise ValueError(f"{path}.{unknown[0]}: unknown metric (known: {', '.join(METRICS)})")
     values = default.as_dict()
     for metric, value in raw.items():
-        values[metric] = _check_number(f"{path}.{metric}", value)
+        if value is not None:  # null keeps the default, as an absent key does
+            values[metric] = _check_number(f"{path}.{metric}", value)
     return Thresholds(**values)
 
 
@@ -228,10 +229,12 @@ def policy_from_mapping(raw: Mapping[str, Any], path: str = "autoscale") -> Pool
 
     Keys (all optional): min_replicas, max_replicas, up, down, window_up_s, window_down_s,
     tolerance, scale_to_zero_after_s, up_policies, down_policies, select_up, select_down.
-    Thresholds not given keep the defaults. Raises ValueError prefixed with `path`.
+    Keys and thresholds that are absent or null keep the defaults. Raises ValueError prefixed with
+    `path`.
     """
     if not isinstance(raw, Mapping):
         raise ValueError(f"{path}: expected a mapping, got {raw!r}")
+    raw = {k: v for k, v in raw.items() if v is not None}
     known = {f.name for f in fields(PoolScalePolicy)}
     unknown = sorted(set(raw) - known)
     if unknown:
@@ -243,7 +246,7 @@ def policy_from_mapping(raw: Mapping[str, Any], path: str = "autoscale") -> Pool
     for name in ("window_up_s", "window_down_s", "tolerance"):
         if name in raw:
             kwargs[name] = _check_number(f"{path}.{name}", raw[name])
-    if raw.get("scale_to_zero_after_s") is not None:
+    if "scale_to_zero_after_s" in raw:
         kwargs["scale_to_zero_after_s"] = _check_number(
             f"{path}.scale_to_zero_after_s", raw["scale_to_zero_after_s"]
         )

@@ -39,7 +39,11 @@ def agent() -> Iterator[tuple[subprocess.Popen[str], str]]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "gateway.agent", "--listen", "127.0.0.1:0", "--interval", "0.2"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         line = _read_first_line(proc.stdout, 30.0)
@@ -101,7 +105,10 @@ def test_agent_refuses_a_busy_port() -> None:
         port = s.getsockname()[1]
         done = subprocess.run(
             [sys.executable, "-m", "gateway.agent", "--listen", f"127.0.0.1:{port}"],
-            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
             timeout=60,
         )
     assert done.returncode == 2
@@ -114,11 +121,16 @@ def test_render_matches_dcgm_exporter_and_the_gateway_parser() -> None:
         GpuReading(1, "GPU-bbbb", 'Odd "name"\\', "00000000:3B:00.0", 1, 63.0, 2048.0, 138_000.0),
     )
     text = render(Snapshot(True, gpus, 0.25, {"user": 1.5, "idle": 10.0}, 2), "node-1")
-    assert ('DCGM_FI_DEV_GPU_UTIL{gpu="0",UUID="GPU-aaaa",pci_bus_id="00000000:19:00.0",device="nvidia0",'
-            'modelName="NVIDIA H200",Hostname="node-1"} 37\n') in text
+    assert (
+        'DCGM_FI_DEV_GPU_UTIL{gpu="0",UUID="GPU-aaaa",pci_bus_id="00000000:19:00.0",device="nvidia0",'
+        'modelName="NVIDIA H200",Hostname="node-1"} 37\n'
+    ) in text
     assert "# HELP DCGM_FI_DEV_GPU_UTIL GPU utilization (in %).\n# TYPE DCGM_FI_DEV_GPU_UTIL gauge\n" in text
-    samples = {(s.name, s.labels.get("gpu", "")): (s.labels, s.value)
-               for fam in text_string_to_metric_families(text) for s in fam.samples}
+    samples = {
+        (s.name, s.labels.get("gpu", "")): (s.labels, s.value)
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+    }
     labels, value = samples[("DCGM_FI_DEV_GPU_UTIL", "1")]
     assert labels["modelName"] == 'Odd "name"\\' and value == 63.0
     assert samples[("DCGM_FI_DEV_FB_FREE", "0")][1] == 139_000.5

@@ -71,6 +71,11 @@ def test_design_block_parses() -> None:
     assert p == PoolScalePolicy()
 
 
+def test_null_keeps_the_default() -> None:
+    p = policy_from_mapping({"up": {"gpu_util": None}, "scale_to_zero_after_s": None, "max_replicas": None})
+    assert p == PoolScalePolicy()
+
+
 def test_partial_thresholds_keep_defaults_and_policies_parse() -> None:
     p = policy_from_mapping(
         {
