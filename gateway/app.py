@@ -26,6 +26,7 @@ import grpc
 from aiohttp import web
 
 from gateway.budget import RetryBudget
+from gateway.cache import PredictionCache
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.health import HealthChecker
 from gateway.ingress_grpc import GrpcIngress
@@ -78,6 +79,9 @@ class Gateway:
         self.retry_budget = RetryBudget(cfg.retries.budget_ratio, cfg.retries.min_per_s,
                                         time.monotonic)
         self.total_in_flight = 0
+        self.caches: dict[str, PredictionCache] = {}
+        self._cache_specs: dict[str, tuple[object, ...]] = {}
+        self._sync_caches(cfg)
         self.draining = False
         self.started_at = time.monotonic()
         self.ready_at: float | None = None
@@ -128,6 +132,7 @@ class Gateway:
             self.last_reload = {"ok": False, "error": msg, "at": time.time()}
             return False, msg
         self.runtime = runtime
+        self._sync_caches(cfg)
         self.retry_budget.ratio = cfg.retries.budget_ratio
         self.retry_budget.min_per_s = cfg.retries.min_per_s
         self.metrics.reloads.labels("applied").inc()
@@ -136,6 +141,30 @@ class Gateway:
         log.info("config reloaded from %s", self.config_path)
         spawn(self.health.probe_all(), "probe-after-reload")
         return True, None
+
+    def _sync_caches(self, cfg: GatewayConfig) -> None:
+        """One PredictionCache per model with `cache.exact`; kept across reloads that do not
+        change its parameters, so a reload does not empty the cache."""
+        caches: dict[str, PredictionCache] = {}
+        specs: dict[str, tuple[object, ...]] = {}
+        for name, m in cfg.models.items():
+            if m.cache is None or m.cache.exact is None:
+                continue
+            e = m.cache.exact
+            spec = (cfg.cache.store, e.ttl_s, e.max_bytes, e.max_entry_bytes)
+            old = self.caches.get(name)
+            if old is not None and self._cache_specs.get(name) == spec:
+                caches[name] = old
+            else:
+                caches[name] = PredictionCache(
+                    cfg.cache.store, ttl_s=e.ttl_s, max_bytes=e.max_bytes,
+                    max_entry_bytes=e.max_entry_bytes, spawn=spawn,
+                    key_prefix=f"infergate:cache:{name}:")
+            specs[name] = spec
+        retired = [c for n, c in self.caches.items() if caches.get(n) is not c]
+        self.caches, self._cache_specs = caches, specs
+        for c in retired:
+            spawn(c.aclose(), "cache-close")
 
     def _check_static(self, cfg: GatewayConfig) -> None:
         if cfg.listen != self.runtime.cfg.listen:
@@ -216,6 +245,8 @@ class Gateway:
         await self.health.stop()
         await self.rest_fwd.close()
         await self.grpc_fwd.close()
+        for c in self.caches.values():
+            await c.aclose()
         if self._admin_runner is not None:
             await self._admin_runner.cleanup()
         self._stopped.set()

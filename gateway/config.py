@@ -331,7 +331,8 @@ def parse_config(data: Any, source: str = "<config>") -> GatewayConfig:
             loc = _loc(err["loc"])
             if err["type"] == "extra_forbidden":
                 msg = "unknown key"
-            lines.append(f"{source}: {loc}: {msg}")
+            # Cross-reference errors (raised for the whole file) already name their key path.
+            lines.append(f"{source}: {loc}: {msg}" if err["loc"] else f"{source}: {msg}")
         raise ConfigError("\n".join(lines)) from None
 
 

@@ -15,6 +15,7 @@ import random
 import time
 from typing import TYPE_CHECKING
 
+from gateway.cache import Entry, PredictionCache, cache_key
 from gateway.call import IDEMPOTENT, Answer, Call, Forwarder
 from gateway.errors import DeadlineExceeded, GatewayError, NoReplica, Overloaded, ReplicaUnavailable
 from gateway.replicas import ReplicaState
@@ -31,6 +32,20 @@ log = logging.getLogger("infergate.pipeline")
 CONSECUTIVE_ERRORS = 5
 BASE_EJECTION_S = 30.0
 MAX_EJECTION_S = 300.0
+
+CACHEABLE = frozenset({"predict", "classify", "regress", "multi_inference"})
+REPLICA_HEADER = "x-infergate-replica"
+
+
+def _from_entry(entry: Entry, version: int) -> Answer:
+    replica = ""
+    headers: list[tuple[str, str]] = []
+    for k, v in entry.headers:
+        if k == REPLICA_HEADER:
+            replica = v
+        else:
+            headers.append((k, v))
+    return Answer(entry.status, entry.body, headers, replica=replica, version=version, cache="hit")
 
 
 class Pipeline:
@@ -67,7 +82,38 @@ class Pipeline:
             gw.metrics.sticky_fallback.labels(model).inc()
         ctx = PickContext(self.rng, now, key)
         ranked: list[ReplicaState] = router.rank(candidates, ctx)  # type: ignore[assignment]
-        return await self._send(call, fwd, ranked, version, arm, now)
+        cache = gw.caches.get(model)
+        if cache is None or version is None or call.method not in CACHEABLE:
+            return await self._send(call, fwd, ranked, version, arm, now)
+        return await self._cached(cache, call, fwd, ranked, version, arm, now)
+
+    async def _cached(self, cache: PredictionCache, call: Call, fwd: Forwarder,
+                      ranked: list[ReplicaState], version: int, arm: str, now: float) -> Answer:
+        """Exact-match cache with single-flight: identical concurrent misses share one call."""
+        m = self.gw.metrics.cache
+        model = call.model or ""
+        if call.headers.get("content-encoding"):
+            m.labels(model, "bypass").inc()  # compressed bodies are not canonicalised
+            return await self._send(call, fwd, ranked, version, arm, now)
+        key = cache_key(model, version, call.signature, call.method, call.protocol, call.body)
+        if "no-cache" not in call.headers.get("cache-control", ""):
+            entry = await cache.lookup(key)
+            if entry is not None:
+                m.labels(model, "hit").inc()
+                return _from_entry(entry, version)
+        else:
+            m.labels(model, "bypass").inc()
+
+        async def upstream() -> Answer:
+            return await self._send(call, fwd, ranked, version, arm, now)
+
+        answer, shared = await cache.coalesce(key, upstream)
+        m.labels(model, "coalesced" if shared else "miss").inc()
+        if not shared and answer.ok(call.protocol):
+            headers = tuple(answer.headers) + ((REPLICA_HEADER, answer.replica),)
+            if not cache.store(key, Entry(answer.status, answer.body, headers)):
+                m.labels(model, "not_stored").inc()
+        return answer
 
     # ---- resolution --------------------------------------------------------------------
 
