@@ -1,0 +1,277 @@
+"""deploy/: every manifest parses, and names, labels, ports and configs refer to things that exist."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pytest
+import yaml
+
+from gateway.config import parse_config
+from gateway.scaling import policy_from_mapping
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+K8S = DEPLOY / "k8s"
+
+KNOWN_KINDS = {
+    ("v1", "Namespace"),
+    ("v1", "ConfigMap"),
+    ("v1", "Service"),
+    ("v1", "PersistentVolumeClaim"),
+    ("apps/v1", "Deployment"),
+    ("apps/v1", "StatefulSet"),
+    ("networking.k8s.io/v1", "NetworkPolicy"),
+    ("autoscaling/v2", "HorizontalPodAutoscaler"),
+    ("keda.sh/v1alpha1", "ScaledObject"),
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+}
+WORKLOADS = ("Deployment", "StatefulSet")
+Obj = dict[str, Any]
+
+
+def load_all() -> list[tuple[Path, Obj]]:
+    out = []
+    for path in sorted(K8S.rglob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc is not None:
+                out.append((path, doc))
+    return out
+
+
+OBJECTS = load_all()
+
+
+def objs(kind: str) -> list[Obj]:
+    return [o for _, o in OBJECTS if o["kind"] == kind]
+
+
+def find(kind: str, name: str, namespace: str) -> Obj:
+    hits = [
+        o for o in objs(kind) if o["metadata"]["name"] == name and o["metadata"].get("namespace") == namespace
+    ]
+    assert len(hits) == 1, f"{kind} {namespace}/{name}: {len(hits)} found"
+    return hits[0]
+
+
+def pod_containers(workload: Obj) -> list[Obj]:
+    containers: list[Obj] = workload["spec"]["template"]["spec"]["containers"]
+    return containers
+
+
+def port_exists(workload: Obj, port: int | str) -> bool:
+    for c in pod_containers(workload):
+        for p in c.get("ports", []):
+            if port in (p.get("name"), p["containerPort"]):
+                return True
+    return False
+
+
+def matches(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def gateway_config() -> Obj:
+    cm = find("ConfigMap", "infergate-config", "infergate")
+    doc: Obj = yaml.safe_load(cm["data"]["gateway.yaml"])
+    return doc
+
+
+def test_every_document_is_a_known_kind_with_name_and_namespace() -> None:
+    assert len(OBJECTS) >= 12
+    seen = set()
+    for path, o in OBJECTS:
+        assert (o.get("apiVersion"), o.get("kind")) in KNOWN_KINDS, path
+        meta = o["metadata"]
+        assert meta.get("name"), path
+        if o["kind"] != "Namespace":
+            assert meta.get("namespace") in {"infergate", "monitoring"}, path
+        key = (o["kind"], meta.get("namespace"), meta["name"])
+        assert key not in seen, f"duplicate {key}"
+        seen.add(key)
+    for ns in {o["metadata"].get("namespace") for _, o in OBJECTS} - {None, "monitoring"}:
+        find("Namespace", ns, None)  # type: ignore[arg-type]
+
+
+def test_workload_selectors_match_their_pod_templates() -> None:
+    for kind in WORKLOADS:
+        for w in objs(kind):
+            tpl = w["spec"]["template"]["metadata"]["labels"]
+            assert matches(w["spec"]["selector"]["matchLabels"], tpl), w["metadata"]["name"]
+
+
+def test_services_select_pods_and_target_their_ports() -> None:
+    workloads = [w for kind in WORKLOADS for w in objs(kind)]
+    for svc in objs("Service"):
+        ns = svc["metadata"]["namespace"]
+        targets = [
+            w
+            for w in workloads
+            if w["metadata"]["namespace"] == ns
+            and matches(svc["spec"]["selector"], w["spec"]["template"]["metadata"]["labels"])
+        ]
+        assert targets, f"Service {svc['metadata']['name']} selects no pods"
+        for port in svc["spec"]["ports"]:
+            target = port.get("targetPort", port["port"])
+            assert all(port_exists(w, target) for w in targets), (svc["metadata"]["name"], target)
+
+
+def test_volumes_probes_and_mounts_resolve() -> None:
+    for kind in WORKLOADS:
+        for w in objs(kind):
+            ns = w["metadata"]["namespace"]
+            spec = w["spec"]["template"]["spec"]
+            volumes = {v["name"]: v for v in spec.get("volumes", [])}
+            for v in volumes.values():
+                if "configMap" in v:
+                    find("ConfigMap", v["configMap"]["name"], ns)
+                if "persistentVolumeClaim" in v:
+                    find("PersistentVolumeClaim", v["persistentVolumeClaim"]["claimName"], ns)
+            for c in spec["containers"]:
+                for m in c.get("volumeMounts", []):
+                    assert m["name"] in volumes, (w["metadata"]["name"], m["name"])
+                    assert "subPath" not in m  # ConfigMap updates must reach the files
+                for probe in ("readinessProbe", "livenessProbe"):
+                    p = c.get(probe)
+                    if p:
+                        action = p.get("httpGet") or p.get("tcpSocket")
+                        assert action and port_exists(w, action["port"]), (c["name"], probe)
+
+
+def test_statefulset_has_its_headless_service() -> None:
+    sts = find("StatefulSet", "tfserving", "infergate")
+    svc = find("Service", sts["spec"]["serviceName"], "infergate")
+    assert svc["spec"]["clusterIP"] == "None"
+    args = " ".join(pod_containers(sts)[0]["args"])
+    assert "--port=8500" in args and "--rest_api_port=8501" in args
+    cm = find("ConfigMap", "tfserving-config", "infergate")
+    for flag in (
+        "--model_config_file=/config/models.config",
+        "--monitoring_config_file=/config/monitoring.config",
+    ):
+        assert flag in args and flag.rsplit("/", 1)[1] in cm["data"]
+
+
+def test_gateway_deployment_matches_its_config() -> None:
+    dep = find("Deployment", "infergate", "infergate")
+    [c] = pod_containers(dep)
+    assert c["args"] == ["run", "--config", "/etc/infergate/gateway.yaml"]
+    assert any(m["mountPath"] == "/etc/infergate" for m in c["volumeMounts"])
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "admin"}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    assert ports == {"grpc": 8500, "rest": 8501, "admin": 9901}
+    cfg = parse_config(gateway_config(), "infergate-config/gateway.yaml")  # the gateway's own validator
+    assert cfg.listen.admin == "0.0.0.0:9901"  # probes from the kubelet cannot reach loopback
+    assert cfg.listen.grpc is not None and cfg.listen.grpc.endswith(f":{ports['grpc']}")
+    assert cfg.listen.rest is not None and cfg.listen.rest.endswith(f":{ports['rest']}")
+    grace = dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace > cfg.limits.drain_s
+
+
+def test_gateway_replicas_are_the_statefulset_pods() -> None:
+    cfg = parse_config(gateway_config(), "gateway.yaml")
+    sts = find("StatefulSet", "tfserving", "infergate")
+    hpa = find("HorizontalPodAutoscaler", "tfserving", "infergate")
+    service = sts["spec"]["serviceName"]
+    assert len(cfg.replicas) == hpa["spec"]["maxReplicas"]
+    for i, r in enumerate(cfg.replicas):
+        host = f"tfserving-{i}.{service}.infergate.svc.cluster.local"
+        assert (r.name, r.rest, r.grpc) == (f"tfserving-{i}", f"{host}:8501", f"{host}:8500")
+        assert r.metrics == f"http://{host}:9400/metrics" and port_exists(sts, 9400)
+        assert r.pool == "gpu"
+
+
+def test_autoscalers_target_the_statefulset_and_agree_with_the_policy() -> None:
+    block = gateway_config()["autoscale"]["gpu"]
+    policy = policy_from_mapping(block, "autoscale.gpu")
+    hpa = find("HorizontalPodAutoscaler", "tfserving", "infergate")
+    so = find("ScaledObject", "tfserving", "infergate")
+    for ref in (hpa["spec"]["scaleTargetRef"], so["spec"]["scaleTargetRef"]):
+        assert ref["apiVersion"] == "apps/v1"
+        find(ref["kind"], ref["name"], "infergate")
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (
+        policy.min_replicas,
+        policy.max_replicas,
+    )
+    assert (so["spec"]["minReplicaCount"], so["spec"]["maxReplicaCount"]) == (
+        policy.min_replicas,
+        policy.max_replicas,
+    )
+    [metric] = hpa["spec"]["metrics"]
+    assert metric["type"] == "External"
+    assert metric["external"]["metric"]["name"] == "infergate_scale_desired_replicas"
+    assert metric["external"]["metric"]["selector"]["matchLabels"] == {"pool": "gpu"}
+    assert metric["external"]["target"] == {"type": "AverageValue", "averageValue": "1"}
+
+
+def test_keda_triggers_point_at_real_endpoints() -> None:
+    so = find("ScaledObject", "tfserving", "infergate")
+    triggers = {t["type"]: t for t in so["spec"]["triggers"]}
+    api = triggers["metrics-api"]["metadata"]
+    assert api["valueLocation"] == "pools.gpu.desired_replicas"
+    url = urlparse(api["url"])
+    assert url.path == "/api/scale"
+    svc_name, ns = url.hostname.split(".")[:2]  # type: ignore[union-attr]
+    svc = find("Service", svc_name, ns)
+    assert url.port in [p["port"] for p in svc["spec"]["ports"]]
+    prom = triggers["prometheus"]["metadata"]
+    assert "infergate_scale_desired_replicas" in prom["query"] and 'pool="gpu"' in prom["query"]
+    assert float(prom["threshold"]) == 1.0 and float(api["targetValue"]) == 1.0
+
+
+def test_prometheus_adapter_serves_the_hpa_metric() -> None:
+    cm = find("ConfigMap", "prometheus-adapter", "monitoring")
+    rules = yaml.safe_load(cm["data"]["config.yaml"])["externalRules"]
+    hpa_metric = find("HorizontalPodAutoscaler", "tfserving", "infergate")["spec"]["metrics"][0]
+    names = [r["name"]["as"] for r in rules]
+    assert hpa_metric["external"]["metric"]["name"] in names
+    assert all("<<.LabelMatchers>>" in r["metricsQuery"] for r in rules)
+    sm = find("ServiceMonitor", "infergate", "infergate")
+    svc = find("Service", "infergate-admin", "infergate")
+    assert matches(sm["spec"]["selector"]["matchLabels"], svc["metadata"]["labels"])
+    assert sm["spec"]["endpoints"][0]["port"] in [p["name"] for p in svc["spec"]["ports"]]
+
+
+def test_networkpolicy_guards_the_admin_port_of_the_gateway_pods() -> None:
+    np = find("NetworkPolicy", "infergate-admin", "infergate")
+    dep = find("Deployment", "infergate", "infergate")
+    assert matches(np["spec"]["podSelector"]["matchLabels"], dep["spec"]["template"]["metadata"]["labels"])
+    open_rule, admin_rule = np["spec"]["ingress"]
+    assert "from" not in open_rule and {p["port"] for p in open_rule["ports"]} == {8500, 8501}
+    assert [p["port"] for p in admin_rule["ports"]] == [9901] and admin_rule["from"]
+
+
+def test_compose_services_and_gateway_config() -> None:
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert set(services) == {"gateway", "tfserving-a", "tfserving-b", "redis"}
+    gw = services["gateway"]
+    assert (DEPLOY / gw["build"]["context"] / gw["build"]["dockerfile"]).is_file()
+    assert "127.0.0.1:9901:9901" in gw["ports"]
+    mounted = {}
+    for name, svc in services.items():
+        for vol in svc.get("volumes", []):
+            src, dst = vol.split(":")[:2]
+            if not src.startswith("$"):
+                assert (DEPLOY / src).is_file(), (name, src)
+                mounted[dst] = DEPLOY / src
+    cfg_path = mounted[gw["command"][gw["command"].index("--config") + 1]]
+    cfg = parse_config(yaml.safe_load(cfg_path.read_text()), str(cfg_path))
+    assert cfg.listen.admin == "0.0.0.0:9901"
+    for r in cfg.replicas:
+        assert r.rest is not None and r.rest.split(":")[0] in services
+        assert (
+            r.rest.endswith(":8501") and "--rest_api_port=8501" in services[r.rest.split(":")[0]]["command"]
+        )
+    assert urlparse(cfg.cache.store).hostname in services
+    for name in ("tfserving-a", "tfserving-b"):
+        assert "/config/models.config" in mounted and any(
+            "models.config" in a for a in services[name]["command"]
+        )
+
+
+@pytest.mark.parametrize("path", sorted(DEPLOY.rglob("*.y*ml")), ids=lambda p: str(p.relative_to(DEPLOY)))
+def test_every_yaml_file_parses(path: Path) -> None:
+    assert list(yaml.safe_load_all(path.read_text()))
