@@ -93,6 +93,10 @@ async def models(request: web.Request) -> web.Response:
     return _json({"models": out})
 
 
+async def scale(request: web.Request) -> web.Response:
+    return _json(request.app[GATEWAY].scale.to_json())
+
+
 def build_admin_app(gw: Gateway) -> web.Application:
     app = web.Application()
     app[GATEWAY] = gw
@@ -103,4 +107,5 @@ def build_admin_app(gw: Gateway) -> web.Application:
     app.router.add_post("/api/reload", reload)
     app.router.add_get("/api/replicas", replicas)
     app.router.add_get("/api/models", models)
+    app.router.add_get("/api/scale", scale)
     return app

@@ -35,6 +35,7 @@ from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
 from gateway.replicas import ReplicaSet, ReplicaState
 from gateway.routing import ModelRouter, default_router
+from gateway.scale_service import ScaleService
 from gateway.tasks import cancel_all, spawn
 from gateway.upstream import GrpcForwarder, RestForwarder
 
@@ -75,6 +76,7 @@ class Gateway:
         self.rest_fwd = RestForwarder()
         self.grpc_fwd = GrpcForwarder(cfg.limits.max_message_bytes)
         self.health = HealthChecker(self)
+        self.scale = ScaleService(self)
         self.pipeline = Pipeline(self)
         self.retry_budget = RetryBudget(cfg.retries.budget_ratio, cfg.retries.min_per_s,
                                         time.monotonic)
@@ -113,6 +115,7 @@ class Gateway:
 
     def on_upstream_done(self, replica: ReplicaState, seconds: float) -> None:
         self.metrics.upstream_latency.labels(replica.name).observe(seconds)
+        self.scale.observe(replica.pool, seconds)
 
     # ---- reload ------------------------------------------------------------------------------
 
@@ -133,6 +136,7 @@ class Gateway:
             return False, msg
         self.runtime = runtime
         self._sync_caches(cfg)
+        self.scale.configure()
         self.retry_budget.ratio = cfg.retries.budget_ratio
         self.retry_budget.min_per_s = cfg.retries.min_per_s
         self.metrics.reloads.labels("applied").inc()
@@ -190,6 +194,7 @@ class Gateway:
         except asyncio.TimeoutError:
             log.warning("first health round did not finish in time; serving anyway")
         self.health.start()
+        self._tasks.append(self.scale.start())
         if cfg.listen.rest:
             host, port = _split(cfg.listen.rest)
             server = web.Server(RestIngress(self).handle, access_log=None)

@@ -236,8 +236,8 @@ class Thresholds(_Frozen):
 
 
 class Autoscale(_Frozen):
-    min_replicas: int = Field(default=1, ge=0)
-    max_replicas: int = Field(default=10, ge=1)
+    min_replicas: int = Field(default=2, ge=0)
+    max_replicas: int = Field(default=20, ge=1)
     up: Thresholds = Thresholds(
         p95_latency_ms=200, queue_depth=100, gpu_util=0.8, cpu_util=0.7, rps_ratio=0.8
     )
@@ -276,6 +276,7 @@ class GatewayConfig(_Frozen):
     webhooks: list[Webhook] = []
     state_file: str | None = None
     default_balance: str = "round_robin"
+    scale_eval_s: float = Field(default=5.0, gt=0)
 
     @model_validator(mode="after")
     def _references(self) -> GatewayConfig:
@@ -306,9 +307,12 @@ class GatewayConfig(_Frozen):
                     raise ValueError(f"{path}: unknown pool {t[5:]!r} (pools: {sorted(pools)})")
                 if not t.startswith(("pool:", "version:")) and t not in m.labels:
                     raise ValueError(f"{path}: unknown label {t!r} (labels: {sorted(m.labels)})")
-        for pool in self.autoscale:
+        from gateway.scaling import policy_from_mapping
+
+        for pool, auto in self.autoscale.items():
             if pool not in pools:
                 raise ValueError(f"autoscale.{pool}: unknown pool (pools: {sorted(pools)})")
+            policy_from_mapping(auto.model_dump(), f"autoscale.{pool}")
         return self
 
 

@@ -75,8 +75,8 @@ class Metrics:
             "infergate_scale_signal", "Current value of each scale signal (NaN when unknown).",
             ["pool", "signal"], registry=r)
         self.scale_direction = Gauge(
-            "infergate_scale_direction", "1 for the pool's current direction and reason.",
-            ["pool", "direction", "reason"], registry=r)
+            "infergate_scale_direction", "1 for the pool's current direction and the metric that decided it.",
+            ["pool", "direction", "metric"], registry=r)
         self.rollout_weight = Gauge(
             "infergate_rollout_canary_weight", "Current canary weight in percent.", ["model"],
             registry=r)

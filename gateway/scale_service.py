@@ -1,0 +1,166 @@
+"""Feeds the pure scale logic (gateway.scaling) from live traffic and publishes its decisions.
+
+Per pool: a SignalWindow of upstream latencies (cache hits never reach it: they are not replica
+load), in-flight calls as queue depth, GPU/CPU utilisation from the replicas' scraped metrics and
+RPS against the healthy replicas' summed capacity. Every `scale_eval_s` seconds each pool's
+ScaleController decides; the decision goes to Prometheus gauges, `GET /api/scale` and, when it
+changes, to the configured webhooks.
+
+What must always hold: a signal whose source is not configured is left out of the decision; a
+configured source that stops answering is unknown (None), and unknown never drives a scale-down.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from gateway.replicas import ReplicaState
+from gateway.scaling import METRICS, ScaleController, ScaleDecision, Signals, SignalWindow, policy_from_mapping
+from gateway.tasks import spawn
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+log = logging.getLogger("infergate.scale")
+
+
+def _pool_value(reps: list[ReplicaState], attr: str) -> tuple[bool, float | None]:
+    """(configured, value): mean over replicas when every configured one is known."""
+    configured = False
+    values: list[float] = []
+    unknown = False
+    for r in reps:
+        if r.cfg.metrics is None:
+            continue
+        fresh = r.gpu.ok and time.monotonic() - r.gpu.at <= r.stale_after_s
+        v = getattr(r.gpu, attr)
+        if fresh and v is None:
+            continue  # the source answers but does not export this figure: not configured here
+        configured = True
+        if fresh and v is not None:
+            values.append(float(v))
+        else:
+            unknown = True
+    if not configured:
+        return False, None
+    if unknown or not values:
+        return True, None
+    return True, sum(values) / len(values)
+
+
+class ScaleService:
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.windows: dict[str, SignalWindow] = {}
+        self.controllers: dict[str, ScaleController] = {}
+        self.decisions: dict[str, ScaleDecision] = {}
+        self._sent: dict[str, tuple[int, str]] = {}
+        self._direction_labels: dict[str, tuple[str, str, str]] = {}
+        self.configure()
+
+    def pools(self) -> list[str]:
+        cfg = self.gw.runtime.cfg
+        return sorted({r.pool for r in cfg.replicas} | set(cfg.autoscale))
+
+    def configure(self) -> None:
+        """(Re)build controllers from the current config, keeping windows and history."""
+        cfg = self.gw.runtime.cfg
+        controllers: dict[str, ScaleController] = {}
+        for pool in self.pools():
+            raw = cfg.autoscale[pool].model_dump() if pool in cfg.autoscale else {}
+            policy = policy_from_mapping(raw, f"autoscale.{pool}")
+            old = self.controllers.get(pool)
+            controllers[pool] = old.carry_over(policy) if old else ScaleController(policy)
+            if pool not in self.windows:
+                self.windows[pool] = SignalWindow(60, started_at=time.monotonic())
+        self.controllers = controllers
+
+    def observe(self, pool: str, seconds: float) -> None:
+        w = self.windows.get(pool)
+        if w is not None:
+            w.observe(seconds * 1000.0, time.monotonic())
+
+    def signals(self, pool: str, now: float) -> tuple[Signals, int]:
+        reps = [r for r in self.gw.runtime.replicas.all if r.pool == pool]
+        healthy = [r for r in reps if r.healthy]
+        w = self.windows[pool]
+        configured = set(METRICS)
+        gpu_conf, gpu = _pool_value(reps, "util")
+        cpu_conf, cpu = _pool_value(reps, "cpu_util")
+        if not gpu_conf:
+            configured.discard("gpu_util")
+        if not cpu_conf:
+            configured.discard("cpu_util")
+        caps = [r.cfg.capacity_rps for r in healthy if r.cfg.capacity_rps]
+        if not any(r.cfg.capacity_rps for r in reps):
+            configured.discard("rps_ratio")
+        sig = Signals(
+            p95_latency_ms=w.p95_ms(now), queue_depth=float(sum(r.in_flight for r in reps)),
+            gpu_util=gpu, cpu_util=cpu, rps=w.rps(now),
+            capacity_rps=float(sum(caps)) if caps else (0.0 if "rps_ratio" in configured else None),
+            configured=frozenset(configured))
+        return sig, len(healthy)
+
+    def evaluate(self) -> None:
+        now = time.monotonic()
+        m = self.gw.metrics
+        for pool, ctl in self.controllers.items():
+            sig, current = self.signals(pool, now)
+            d = ctl.evaluate(sig, current, now)
+            self.decisions[pool] = d
+            m.scale_desired.labels(pool).set(d.desired_replicas)
+            m.scale_current.labels(pool).set(d.current_replicas)
+            for key, value in sig.to_json().items():
+                m.scale_signal.labels(pool, key).set(math.nan if value is None else float(value))
+            # The reason's metric name, not its text, is the label: bounded cardinality.
+            label = (pool, d.direction, d.reason.split(" ", 1)[0] if d.reason else "")
+            old = self._direction_labels.get(pool)
+            if old is not None and old != label:
+                m.scale_direction.remove(*old)
+            self._direction_labels[pool] = label
+            m.scale_direction.labels(*label).set(1)
+            mark = (d.desired_replicas, d.direction)
+            if self._sent.get(pool) != mark:
+                prev = self._sent.get(pool)
+                self._sent[pool] = mark
+                if prev is not None:
+                    self.notify({"event": "scale", "pool": pool, **d.to_json()})
+
+    def to_json(self) -> dict[str, Any]:
+        return {"pools": {p: d.to_json() for p, d in self.decisions.items()}}
+
+    def notify(self, payload: dict[str, Any]) -> None:
+        for hook in self.gw.runtime.cfg.webhooks:
+            spawn(self._post(hook.url, hook.timeout_s, payload), "webhook")
+
+    async def _post(self, url: str, timeout: float, payload: dict[str, Any]) -> None:
+        """POST with exponential backoff (0.5 s doubling, 6 tries); never touches traffic."""
+        delay = 0.5
+        for attempt in range(6):
+            try:
+                async with self.gw.health.session().post(
+                        url, json=payload, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+                    if resp.status < 500:
+                        return
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+                log.debug("webhook %s attempt %d failed: %r", url, attempt + 1, exc)
+            await asyncio.sleep(delay)
+            delay *= 2
+        log.warning("webhook %s gave up after 6 attempts", url)
+
+    def start(self) -> asyncio.Task[None]:
+        return spawn(self._loop(), "scale-eval")
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                self.evaluate()
+            except ValueError:
+                log.exception("scale evaluation failed")
+            await asyncio.sleep(self.gw.runtime.cfg.scale_eval_s)
