@@ -97,6 +97,23 @@ async def scale(request: web.Request) -> web.Response:
     return _json(request.app[GATEWAY].scale.to_json())
 
 
+async def traffic(request: web.Request) -> web.Response:
+    return _json(request.app[GATEWAY].traffic.to_json())
+
+
+async def cache(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    out: dict[str, Any] = {}
+    for name, c in gw.caches.items():
+        st = c.stats()
+        hits = sum(v for k, v in st.items() if k.startswith("hits"))
+        misses = st.get("misses", 0)
+        total = hits + misses
+        out[name] = {"hits": hits, "misses": misses,
+                     "hit_rate": round(hits / total, 4) if total else None, "stats": st}
+    return _json({"store": gw.runtime.cfg.cache.store, "models": out})
+
+
 def build_admin_app(gw: Gateway) -> web.Application:
     app = web.Application()
     app[GATEWAY] = gw
@@ -108,4 +125,6 @@ def build_admin_app(gw: Gateway) -> web.Application:
     app.router.add_get("/api/replicas", replicas)
     app.router.add_get("/api/models", models)
     app.router.add_get("/api/scale", scale)
+    app.router.add_get("/api/traffic", traffic)
+    app.router.add_get("/api/cache", cache)
     return app

@@ -27,6 +27,7 @@ from aiohttp import web
 
 from gateway.budget import RetryBudget
 from gateway.cache import PredictionCache
+from gateway.call import Answer
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.health import HealthChecker
 from gateway.ingress_grpc import GrpcIngress
@@ -36,6 +37,7 @@ from gateway.pipeline import Pipeline
 from gateway.replicas import ReplicaSet, ReplicaState
 from gateway.routing import ModelRouter, default_router
 from gateway.scale_service import ScaleService
+from gateway.traffic import TrafficStats
 from gateway.tasks import cancel_all, spawn
 from gateway.upstream import GrpcForwarder, RestForwarder
 
@@ -77,6 +79,7 @@ class Gateway:
         self.grpc_fwd = GrpcForwarder(cfg.limits.max_message_bytes)
         self.health = HealthChecker(self)
         self.scale = ScaleService(self)
+        self.traffic = TrafficStats()
         self.pipeline = Pipeline(self)
         self.retry_budget = RetryBudget(cfg.retries.budget_ratio, cfg.retries.min_per_s,
                                         time.monotonic)
@@ -106,12 +109,23 @@ class Gateway:
             return model
         return "_other"
 
-    def observe_call(self, protocol: str, model: str | None, version: int | None, replica: str,
-                     code: str, t0: float) -> None:
+    def observe_call(self, protocol: str, model: str | None, answer: Answer | None, code: str,
+                     t0: float) -> None:
+        """Completion hook of every answered call (answer None: the gateway answered an error)."""
         m = self.model_label(model)
-        self.metrics.requests.labels(protocol, m, "" if version is None else str(version),
-                                     replica, code).inc()
-        self.metrics.latency.labels(protocol, m).observe(time.monotonic() - t0)
+        version = "" if answer is None or answer.version is None else str(answer.version)
+        elapsed = time.monotonic() - t0
+        self.metrics.requests.labels(protocol, m, version, answer.replica if answer else "",
+                                     code).inc()
+        self.metrics.latency.labels(protocol, m).observe(elapsed)
+        if m:
+            ok = answer is not None and answer.ok(protocol)
+            self.traffic.observe(m, answer.arm if answer else "", version, ok, elapsed)
+            if answer is not None and answer.arm:
+                self.on_arm_done(m, answer, ok, elapsed)
+
+    def on_arm_done(self, model: str, answer: Answer, ok: bool, seconds: float) -> None:
+        """Rollout analysis hook; replaced when rollouts are wired."""
 
     def on_upstream_done(self, replica: ReplicaState, seconds: float) -> None:
         self.metrics.upstream_latency.labels(replica.name).observe(seconds)

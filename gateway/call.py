@@ -49,6 +49,7 @@ class Answer:
     replica: str = ""
     version: int | None = None
     cache: str = "miss"
+    arm: str = ""  # the split arm that chose the target (for traffic stats and rollouts)
 
     def ok(self, protocol: str) -> bool:
         return self.status == 0 if protocol == "grpc" else 200 <= self.status < 300

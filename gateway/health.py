@@ -38,6 +38,7 @@ log = logging.getLogger("infergate.health")
 STATE_NAMES = {0: "UNKNOWN", 10: "START", 20: "LOADING", 30: "AVAILABLE", 40: "UNLOADING", 50: "END"}
 MAX_DISCOVERED = 1000
 ABSENT_TTL_S = 2.0
+LIVENESS_MODEL = "__infergate_liveness__"
 
 
 class ProbeError(Exception):
@@ -182,8 +183,11 @@ class HealthChecker:
 
     async def probe_replica(self, r: ReplicaState, models: set[str]) -> None:
         hc = self.gw.runtime.cfg.health
+        # With no model to watch yet, a status call for a name no replica serves still proves
+        # the replica answers (TF Serving says 404).
+        names = list(models) or [LIVENESS_MODEL]
         try:
-            results = await asyncio.gather(*(self._probe_model(r, m, hc.timeout_s) for m in models))
+            results = await asyncio.gather(*(self._probe_model(r, m, hc.timeout_s) for m in names))
         except ProbeError as exc:
             self.gw.metrics.probe_failures.labels(r.name).inc()
             r.successes = 0
@@ -194,8 +198,9 @@ class HealthChecker:
             return
         r.failures = 0
         r.successes += 1
-        for m, versions in zip(models, results, strict=True):
-            r.versions[m] = versions
+        for m, versions in zip(names, results, strict=True):
+            if m != LIVENESS_MODEL:
+                r.versions[m] = versions
         if not r.healthy and (r.successes >= hc.rise or not r.ever_up):
             log.info("replica %s is up", r.name)
             r.healthy = True

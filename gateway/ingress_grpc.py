@@ -90,7 +90,7 @@ class GrpcIngress(grpc.GenericRpcHandler):
             answer = await gw.pipeline.handle(call, gw.grpc_fwd)
         except GatewayError as exc:
             gw.metrics.errors.labels("grpc", type(exc).__name__).inc()
-            gw.observe_call("grpc", None, None, "", str(exc.code.value[0]), t0)
+            gw.observe_call("grpc", call.model if call else None, None, str(exc.code.value[0]), t0)
             await context.abort(exc.code, exc.message)
             raise AssertionError("unreachable") from None
         except grpc.aio.AbortError:
@@ -100,7 +100,7 @@ class GrpcIngress(grpc.GenericRpcHandler):
             gw.metrics.errors.labels("grpc", "internal").inc()
             await context.abort(grpc.StatusCode.INTERNAL, "Internal gateway error")
             raise AssertionError("unreachable") from None
-        gw.observe_call("grpc", call.model, answer.version, answer.replica, str(answer.status), t0)
+        gw.observe_call("grpc", call.model, answer, str(answer.status), t0)
         return await _reply(answer, context)
 
 

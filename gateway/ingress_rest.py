@@ -57,6 +57,7 @@ class RestIngress:
         if not path.lower().startswith("/v1/"):
             return web.Response(status=404, text="Not Found")
         method = request.method
+        call: Call | None = None
         try:
             if gw.draining:
                 raise ShuttingDown("The gateway is shutting down")
@@ -79,13 +80,13 @@ class RestIngress:
             answer = await gw.pipeline.handle(call, gw.rest_fwd)
         except GatewayError as exc:
             gw.metrics.errors.labels("rest", type(exc).__name__).inc()
-            gw.observe_call("rest", None, None, "", str(exc.http_status), t0)
+            gw.observe_call("rest", call.model if call else None, None, str(exc.http_status), t0)
             return _error(exc.http_status, exc.message)
         except Exception:
             log.exception("unexpected error answering %s %s", method, path[:200])
             gw.metrics.errors.labels("rest", "internal").inc()
             return _error(500, "Internal gateway error")
-        gw.observe_call("rest", call.model, answer.version, answer.replica, str(answer.status), t0)
+        gw.observe_call("rest", call.model, answer, str(answer.status), t0)
         return _answer(answer)
 
 

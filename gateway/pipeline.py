@@ -100,7 +100,9 @@ class Pipeline:
             entry = await cache.lookup(key)
             if entry is not None:
                 m.labels(model, "hit").inc()
-                return _from_entry(entry, version)
+                hit = _from_entry(entry, version)
+                hit.arm = arm
+                return hit
         else:
             m.labels(model, "bypass").inc()
 
@@ -163,7 +165,9 @@ class Pipeline:
         if loaded_somewhere:
             what = f"version {wanted}" if wanted is not None else "any version"
             raise NoReplica(f"No healthy replica can serve model {model} {what}")
-        return await self._send(call, fwd, self._any(now), None, "", now)
+        # Forward with the version the gateway resolved, so a gateway-owned label that points at
+        # a version no replica has gets the replica's own "servable not found".
+        return await self._send(call, fwd, self._any(now), wanted, "", now)
 
     def _any(self, now: float) -> list[ReplicaState]:
         reps = self.gw.runtime.replicas.routable(now)
@@ -204,8 +208,10 @@ class Pipeline:
             if fwd.retryable(answer) and i + 1 < attempts:
                 last = answer
                 continue
+            answer.arm = arm
             return answer
         if isinstance(last, Answer):
+            last.arm = arm
             return last
         if isinstance(last, GatewayError):
             raise last

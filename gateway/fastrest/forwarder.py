@@ -1,0 +1,62 @@
+"""The REST `Forwarder` on the native keep-alive pool: a `Call` in, an `Answer` out.
+
+Same contract as gateway.upstream.RestForwarder: the path carries the resolved version, the
+body goes through byte for byte (gzip included, with its Content-Encoding), hop-by-hop headers
+stay behind, and only Content-Type and Content-Encoding of the answer are relayed.
+"""
+
+from __future__ import annotations
+
+from gateway.call import IDEMPOTENT, Answer, Call
+from gateway.errors import DeadlineExceeded, ReplicaUnavailable
+from gateway.fastrest.pool import HostPool, UpstreamError, UpstreamTimeout
+from gateway.replicas import ReplicaState
+from gateway.wire import RestRequest, rest_path_for
+
+# Request headers never forwarded (hop-by-hop, or recomputed here).
+HOP = frozenset({
+    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+    "transfer-encoding", "upgrade", "host", "content-length", "expect",
+})
+RELAY = frozenset({"content-type", "content-encoding"})
+
+
+class NativeRestForwarder:
+    def __init__(self, idle_timeout_s: float = 30.0) -> None:
+        self._pool = HostPool(RELAY, idle_timeout_s=idle_timeout_s)
+        self._host_lines: dict[str, bytes] = {}
+
+    async def send(self, call: Call, replica: ReplicaState, version: int | None,
+                   timeout: float) -> Answer:
+        addr = replica.cfg.rest
+        if addr is None:
+            raise ReplicaUnavailable(f"replica {replica.name} has no REST address")
+        req: RestRequest = call.extra  # type: ignore[assignment]
+        path = rest_path_for(req.target, version) if req.target is not None else req.raw_path
+        if req.query:
+            path += "?" + req.query
+        body = call.body
+        method = req.http_method
+        lines = [f"{method} {path} HTTP/1.1\r\n"]
+        lines += [f"{k}: {v}\r\n" for k, v in call.headers.items() if k not in HOP]
+        if body or method not in ("GET", "HEAD", "DELETE", "OPTIONS"):
+            lines.append(f"Content-Length: {len(body)}\r\n")
+        host = self._host_lines.get(addr)
+        if host is None:
+            host = self._host_lines[addr] = f"Host: {addr}\r\n\r\n".encode("latin-1")
+        head = "".join(lines).encode("latin-1") + host
+        may_resend = call.method in IDEMPOTENT or method == "GET"
+        try:
+            resp = await self._pool.request(addr, head, body, timeout, head_only=method == "HEAD",
+                                            may_resend=may_resend)
+        except UpstreamTimeout:
+            raise DeadlineExceeded("Deadline Exceeded") from None
+        except UpstreamError as exc:
+            raise ReplicaUnavailable(f"replica {replica.name} unreachable: {exc}") from None
+        return Answer(resp.status, resp.body, resp.headers, replica=replica.name, version=version)
+
+    def retryable(self, answer: Answer) -> bool:
+        return answer.status == 503
+
+    async def close(self) -> None:
+        self._pool.close()

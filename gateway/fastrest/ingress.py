@@ -1,0 +1,87 @@
+"""The TF Serving REST surface on the native HTTP/1.1 server: parsed requests in, `Call`s to the
+pipeline, answers out. The same contract as gateway.ingress_rest (the aiohttp one), request for
+request, so either engine can serve port 8501.
+
+What must always hold: every answer of the pipeline carries x-infergate-replica,
+x-infergate-version and x-infergate-cache; every error is TF Serving's {"error": "..."} JSON with
+the status the error table gives; paths outside /v1/ get a plain 404; nothing leaks a stack trace.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from gateway.call import Answer, Call
+from gateway.errors import GatewayError, ShuttingDown, rest_error_body
+from gateway.fastrest.server import HttpRequest, Response
+from gateway.wire import RestRequest, parse_rest_path
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+log = logging.getLogger("infergate.rest")
+TIMEOUT_HEADER = "x-infergate-timeout-ms"
+_JSON = [("Content-Type", "application/json")]
+_NOT_FOUND: Response = (404, [("Content-Type", "text/plain; charset=utf-8")], b"Not Found")
+_KIND = {400: "BadRequest", 408: "RequestTimeout", 413: "PayloadTooLarge",
+         431: "HeadTooLarge", 500: "internal"}
+
+
+class NativeRestIngress:
+    """A `RestApp` for gateway.fastrest.server."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+
+    def reject(self, status: int, message: str) -> Response:
+        self.gw.metrics.errors.labels("rest", _KIND.get(status, str(status))).inc()
+        return error(status, message)
+
+    async def handle(self, request: HttpRequest) -> Response:
+        gw = self.gw
+        t0 = time.monotonic()
+        path, _, query = request.target.partition("?")
+        if not path[:4].lower() == "/v1/":
+            return _NOT_FOUND
+        method = request.method
+        headers = request.headers
+        call: Call | None = None
+        try:
+            if gw.draining:
+                raise ShuttingDown("The gateway is shutting down")
+            target = parse_rest_path(method, path)
+            deadline = None
+            tmo = headers.get(TIMEOUT_HEADER)
+            if tmo is not None:
+                try:
+                    deadline = t0 + max(0.0, float(tmo)) / 1000.0
+                except ValueError:
+                    return error(400, f"Invalid {TIMEOUT_HEADER} header: {tmo[:40]}")
+            extra = RestRequest(method, path, query, target)
+            if target is None:
+                call = Call("rest", "other", None, None, None, "", headers, request.body,
+                            deadline, extra)
+            else:
+                call = Call("rest", target.verb, target.model, target.version, target.label, "",
+                            headers, request.body, deadline, extra)
+            answer = await gw.pipeline.handle(call, gw.rest_fwd)
+        except GatewayError as exc:
+            gw.metrics.errors.labels("rest", type(exc).__name__).inc()
+            gw.observe_call("rest", call.model if call else None, None, str(exc.http_status), t0)
+            return error(exc.http_status, exc.message)
+        gw.observe_call("rest", call.model, answer, str(answer.status), t0)
+        return encode_answer(answer)
+
+
+def error(status: int, message: str) -> Response:
+    return status, _JSON, rest_error_body(message)
+
+
+def encode_answer(a: Answer) -> Response:
+    headers = [(k, v) for k, v in a.headers if not k.startswith("x-infergate-")]
+    headers.append(("x-infergate-replica", a.replica))
+    headers.append(("x-infergate-version", "" if a.version is None else str(a.version)))
+    headers.append(("x-infergate-cache", a.cache))
+    return a.status, headers, a.body

@@ -1,0 +1,377 @@
+"""An HTTP/1.1 server on asyncio.Protocol and httptools (llhttp): one protocol object per client
+connection, no streams, no per-request framework objects.
+
+It owns framing only: request parsing, body limits, Expect: 100-continue, keep-alive, pipelining,
+timeouts for slow clients and write backpressure. What a request means is the `RestApp`'s
+business (gateway.fastrest.ingress); this module never looks at paths or bodies.
+
+What must always hold:
+- answers leave in request order (HTTP/1.1 pipelining): at most one request of a connection is
+  handled at a time; the next parsed requests wait in a short queue, and reading pauses while
+  that queue is full or the socket's send buffer is;
+- a body is never held past `max_body` bytes: a declared Content-Length over the limit is refused
+  before any body byte is read, a chunked body the moment it crosses the limit (413, then close);
+- a request head larger than `max_head` bytes, or a client that sends nothing useful for
+  `header_timeout_s` / `body_timeout_s` / `idle_timeout_s`, loses its connection (431/408 first
+  when no answer is pending);
+- a connection that goes away cancels the request it was waiting for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import Protocol, cast
+
+import httptools
+
+from gateway.tasks import spawn
+
+log = logging.getLogger("infergate.fastrest")
+
+_REASONS: dict[int, bytes] = {
+    100: b"Continue", 200: b"OK", 201: b"Created", 204: b"No Content", 400: b"Bad Request",
+    401: b"Unauthorized", 403: b"Forbidden", 404: b"Not Found", 405: b"Method Not Allowed",
+    408: b"Request Timeout", 409: b"Conflict", 413: b"Payload Too Large",
+    429: b"Too Many Requests", 431: b"Request Header Fields Too Large", 499: b"Client Closed Request",
+    500: b"Internal Server Error", 501: b"Not Implemented", 502: b"Bad Gateway",
+    503: b"Service Unavailable", 504: b"Gateway Timeout",
+}
+_STATUS_LINES: dict[int, bytes] = {}
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+_MAX_QUEUED = 16  # pipelined requests parsed ahead of the one being answered
+
+
+def status_line(status: int) -> bytes:
+    line = _STATUS_LINES.get(status)
+    if line is None:
+        line = b"HTTP/1.1 %d %s\r\n" % (status, _REASONS.get(status, b"Unknown"))
+        if 100 <= status <= 999:
+            _STATUS_LINES[status] = line
+    return line
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    max_body: int = 64 * 1024 * 1024
+    max_head: int = 64 * 1024  # request line plus headers
+    max_headers: int = 200
+    header_timeout_s: float = 30.0  # from the first byte of a request to the end of its head
+    body_timeout_s: float = 60.0  # longest pause between two pieces of a body
+    idle_timeout_s: float = 75.0  # keep-alive connection with no request in progress
+
+
+class HttpRequest:
+    """One parsed request. `headers` has lower-case names; values are latin-1 decoded, so every
+    byte the client sent survives a round trip through `str`."""
+
+    __slots__ = ("method", "target", "headers", "body", "keep_alive", "version")
+
+    def __init__(self, method: str, target: str, headers: dict[str, str], body: bytes,
+                 keep_alive: bool, version: str) -> None:
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.body = body
+        self.keep_alive = keep_alive
+        self.version = version
+
+
+# status, headers (names as they go on the wire), body
+Response = tuple[int, list[tuple[str, str]], bytes]
+
+
+class RestApp(Protocol):
+    def handle(self, request: HttpRequest) -> Awaitable[Response]: ...
+
+    def reject(self, status: int, message: str) -> Response:
+        """The answer to a request refused by the framing layer (413, 408, 431, 400)."""
+        ...
+
+
+_INLINE_BODY = 65536  # bodies up to this size go out in the same write as the head
+
+
+def encode_head(status: int, headers: list[tuple[str, str]], body_len: int, close: bool) -> bytes:
+    parts = [status_line(status)]
+    for k, v in headers:
+        parts.append(f"{k}: {v}\r\n".encode("latin-1"))
+    if status >= 200 and status not in (204, 304):
+        parts.append(b"Content-Length: %d\r\n" % body_len)
+    if close:
+        parts.append(b"Connection: close\r\n")
+    parts.append(b"\r\n")
+    return b"".join(parts)
+
+
+class HttpServerProtocol(asyncio.Protocol):
+    """One client connection."""
+
+    def __init__(self, app: RestApp, limits: ServerLimits) -> None:
+        self._app = app
+        self._limits = limits
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._parser = httptools.HttpRequestParser(self)
+        # the request being parsed
+        self._url = b""
+        self._headers: dict[str, str] = {}
+        self._nheaders = 0
+        self._head_bytes = 0
+        self._body: list[bytes] = []
+        self._body_len = 0
+        self._in_message = False
+        self._head_done = False
+        self._expect_continue = False
+        self._refused = False  # the current request was answered by the framing layer
+        # requests parsed and waiting, and the one being answered
+        self._queue: deque[HttpRequest] = deque()
+        self._active: asyncio.Task[None] | None = None
+        self._closing = False
+        self._write_paused = False
+        self._read_paused = False
+        self._eof = False
+        # slow-client watchdog: `_progress` is bumped by every useful event and compared per tick
+        self._progress = 0
+        self._seen_progress = -1
+        self._phase_since = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._tick_s = max(0.05, min(5.0, limits.header_timeout_s / 2, limits.body_timeout_s / 2,
+                                     limits.idle_timeout_s / 2))
+
+    # ---- asyncio.Protocol ----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it
+        self._transport = cast(asyncio.Transport, transport)
+        self._phase_since = self._loop.time()
+        self._timer = self._loop.call_later(self._tick_s, self._tick)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closing = True
+        self._transport = None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._queue.clear()
+        if self._active is not None:
+            self._active.cancel()  # nobody is left to answer: stop the upstream call too
+            self._active = None
+
+    def data_received(self, data: bytes) -> None:
+        if self._closing:
+            return
+        self._progress += 1
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._refuse(400, "Protocol upgrades are not supported")
+        except httptools.HttpParserCallbackError:
+            if not self._refused:
+                log.exception("HTTP parser callback failed")
+                self._refuse(500, "Internal gateway error")
+        except httptools.HttpParserError as exc:
+            if not self._refused:
+                self._refuse(400, f"Malformed HTTP request: {exc}")
+
+    def eof_received(self) -> bool:
+        # A half-closed client may still read: answer what was asked, then close.
+        self._eof = True
+        if self._active is None and not self._queue:
+            return False
+        return True
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+        self._set_reading()
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._set_reading()
+
+    # ---- httptools callbacks ---------------------------------------------------------------
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = {}
+        self._nheaders = 0
+        self._head_bytes = 0
+        self._body = []
+        self._body_len = 0
+        self._in_message = True
+        self._head_done = False
+        self._expect_continue = False
+        self._phase_since = self._loop.time()
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._head_bytes += len(url)
+        if self._head_bytes > self._limits.max_head:
+            self._refuse(431, "Request header fields too large")
+            raise _Refused
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value) + 4
+        self._nheaders += 1
+        if self._head_bytes > self._limits.max_head or self._nheaders > self._limits.max_headers:
+            self._refuse(431, "Request header fields too large")
+            raise _Refused
+        # The last value of a repeated header wins, as in the aiohttp ingress.
+        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_headers_complete(self) -> None:
+        self._head_done = True
+        self._phase_since = self._loop.time()
+        length = self._headers.get("content-length")
+        if length is not None and length.isdigit() and int(length) > self._limits.max_body:
+            self._refuse(413, f"Request body of {length} bytes exceeds the limit of "
+                              f"{self._limits.max_body} bytes")
+            raise _Refused
+        expect = self._headers.get("expect")
+        if expect is not None and expect.lower() == "100-continue":
+            self._expect_continue = True
+            self._maybe_continue()
+
+    def on_body(self, body: bytes) -> None:
+        self._body_len += len(body)
+        if self._body_len > self._limits.max_body:
+            self._refuse(413, f"Request body exceeds the limit of {self._limits.max_body} bytes")
+            raise _Refused
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
+        parser = self._parser
+        req = HttpRequest(parser.get_method().decode("ascii"), self._url.decode("latin-1"),
+                          self._headers, body, parser.should_keep_alive(),
+                          parser.get_http_version())
+        self._in_message = False
+        self._expect_continue = False
+        self._body = []
+        self._phase_since = self._loop.time()
+        if self._active is None:
+            self._start(req)
+        else:
+            self._queue.append(req)
+            if len(self._queue) >= _MAX_QUEUED:
+                self._set_reading()
+
+    # ---- answering -----------------------------------------------------------------------
+
+    def _start(self, req: HttpRequest) -> None:
+        self._active = spawn(self._answer(req), "rest-request")
+
+    async def _answer(self, req: HttpRequest) -> None:
+        try:
+            status, headers, body = await self._app.handle(req)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("unexpected error answering %s %s", req.method, req.target[:200])
+            status, headers, body = self._app.reject(500, "Internal gateway error")
+        self._active = None
+        if self._transport is None:
+            return
+        self._progress += 1
+        self._phase_since = self._loop.time()
+        close = not req.keep_alive or self._closing
+        self._write(status, headers, body, req.method == "HEAD", close)
+        if close:
+            self._close()
+            return
+        if self._queue:
+            self._start(self._queue.popleft())
+            self._set_reading()
+        elif self._eof:
+            self._close()
+        else:
+            self._maybe_continue()
+
+    def _write(self, status: int, headers: list[tuple[str, str]], body: bytes, head_only: bool,
+               close: bool) -> None:
+        t = self._transport
+        if t is None:
+            return
+        head = encode_head(status, headers, len(body), close)
+        if head_only or not body:
+            t.write(head)
+        elif len(body) <= _INLINE_BODY:
+            t.write(head + body)
+        else:
+            t.write(head)
+            t.write(body)
+
+    def _maybe_continue(self) -> None:
+        """Send 100 Continue for the request being parsed once every earlier answer is out."""
+        if (self._expect_continue and self._in_message and self._active is None
+                and not self._queue and self._transport is not None):
+            self._expect_continue = False
+            self._transport.write(_CONTINUE)
+
+    def _refuse(self, status: int, message: str) -> None:
+        """Answer from the framing layer and close: the request's remaining bytes are unread,
+        so the connection cannot be reused."""
+        if self._refused:
+            return
+        self._refused = True
+        self._queue.clear()
+        if self._active is not None:
+            # An earlier request is still being answered; its answer would come after ours and
+            # break ordering, so it is abandoned with the connection.
+            self._active.cancel()
+            self._active = None
+        st, headers, body = self._app.reject(status, message)
+        self._write(st, headers, body, False, True)
+        self._close()
+
+    def _close(self) -> None:
+        self._closing = True
+        if self._transport is not None:
+            self._transport.close()
+
+    def _set_reading(self) -> None:
+        t = self._transport
+        if t is None:
+            return
+        should_pause = self._write_paused or len(self._queue) >= _MAX_QUEUED
+        if should_pause and not self._read_paused:
+            self._read_paused = True
+            t.pause_reading()
+        elif not should_pause and self._read_paused:
+            self._read_paused = False
+            t.resume_reading()
+
+    # ---- slow clients --------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        self._timer = None
+        if self._transport is None or self._closing:
+            return
+        now = self._loop.time()
+        lim = self._limits
+        if self._active is not None or self._queue:
+            pass  # waiting on our own answer; the upstream deadline bounds it
+        elif self._in_message and not self._head_done:
+            if now - self._phase_since > lim.header_timeout_s:
+                self._refuse(408, "Timed out reading the request head")
+                return
+        elif self._in_message:
+            if self._progress == self._seen_progress and now - self._phase_since > lim.body_timeout_s:
+                self._refuse(408, "Timed out reading the request body")
+                return
+            if self._progress != self._seen_progress:
+                self._phase_since = now
+        elif now - self._phase_since > lim.idle_timeout_s:
+            self._close()
+            return
+        self._seen_progress = self._progress
+        self._timer = self._loop.call_later(self._tick_s, self._tick)
+
+
+class _Refused(Exception):
+    """Raised from a parser callback to stop parsing once the request was refused; httptools
+    hands it back wrapped in HttpParserCallbackError, which data_received then ignores."""
+
