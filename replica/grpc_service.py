@@ -1,0 +1,203 @@
+"""The gRPC surface: tensorflow.serving.PredictionService and ModelService on grpc.aio.
+
+Uses the official servicer bases and registration helpers from tensorflow_serving.apis, so the
+method paths and messages are TF Serving's by construction. Errors abort with TF Serving's code
+and message (cut at 1024 characters). Metrics follow prediction_service_impl.cc: Predict,
+Classify and Regress count in request_count and, when OK, in request_latency (entrypoint "GRPC");
+MultiInference, GetModelMetadata and GetModelStatus record nothing there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from tensorflow_serving.apis import (
+    classification_pb2,
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    inference_pb2,
+    model_management_pb2,
+    model_pb2,
+    model_service_pb2_grpc,
+    predict_pb2,
+    prediction_service_pb2_grpc,
+    regression_pb2,
+)
+
+from replica.core import ServingCore, status_proto
+from replica.errors import ServingError, invalid_argument
+from replica.inference import (
+    make_model_spec,
+    prepare_predict,
+    run_classify,
+    run_multi_inference,
+    run_predict,
+    run_regress,
+)
+from replica.servable import Servable
+from replica.tensors import as_proto_content, as_proto_field, to_ndarray
+
+log = logging.getLogger("replica.grpc")
+
+MAX_MESSAGE_BYTES = 2**31 - 1
+SERVER_OPTIONS = [
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+]
+
+
+def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+    remaining = context.time_remaining()
+    if remaining is None:
+        return None
+    return asyncio.get_running_loop().time() + float(remaining)
+
+
+def _predict_blocking(
+    servable: Servable, request: predict_pb2.PredictRequest, tensor_content: bool
+) -> tuple[predict_pb2.PredictResponse, int]:
+    prepared = prepare_predict(
+        servable, request.model_spec.signature_name, request.inputs, request.output_filter, to_ndarray
+    )
+    outputs, runtime_us = run_predict(servable, prepared)
+    response = predict_pb2.PredictResponse(
+        model_spec=make_model_spec(request.model_spec.name, prepared.signature_name, servable.version)
+    )
+    encode = as_proto_content if tensor_content else as_proto_field
+    for alias, array in outputs.items():
+        response.outputs[alias].CopyFrom(encode(array))
+    return response, runtime_us
+
+
+class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):  # type: ignore[misc]
+    def __init__(self, core: ServingCore) -> None:
+        self._core = core
+
+    async def _infer(
+        self,
+        api: str,
+        spec: model_pb2.ModelSpec | None,
+        context: grpc.aio.ServicerContext,
+        fn: Callable[[Servable], Any],
+        *,
+        tf_metrics: bool = True,
+    ) -> Any:
+        """Resolve, run off-loop, record metrics; abort the RPC on a ServingError."""
+        core = self._core
+        model = spec.name if spec is not None else ""
+        start = time.perf_counter()
+        deadline = _deadline(context)
+        code = "OK"
+        try:
+            if spec is None:
+                raise invalid_argument("Missing ModelSpec")
+            servable = core.resolve(spec)
+            response, runtime_us = await core.run(servable, fn, servable, deadline=deadline)
+            if tf_metrics:
+                core.metrics.record_runtime_latency(model, api, runtime_us)
+            return response
+        except ServingError as exc:
+            code = exc.code_name
+            await context.abort(exc.code, exc.grpc_message())
+        except asyncio.CancelledError:
+            expired = deadline is not None and asyncio.get_running_loop().time() >= deadline
+            code = "DEADLINE_EXCEEDED" if expired else "CANCELLED"
+            raise
+        finally:
+            core.metrics.record_inference(model, api, "GRPC", code)
+            if tf_metrics:
+                core.metrics.record_request(model, code)
+                if code == "OK":
+                    micros = int((time.perf_counter() - start) * 1e6)
+                    core.metrics.record_request_latency(model, api, "GRPC", micros)
+
+    async def Predict(self, request: predict_pb2.PredictRequest, context: Any) -> Any:
+        spec = request.model_spec if request.HasField("model_spec") else None
+        tensor_content = self._core.tensor_content
+        return await self._infer(
+            "Predict", spec, context, lambda s: _predict_blocking(s, request, tensor_content)
+        )
+
+    async def Classify(self, request: classification_pb2.ClassificationRequest, context: Any) -> Any:
+        spec = request.model_spec if request.HasField("model_spec") else None
+        return await self._infer("Classify", spec, context, lambda s: run_classify(s, request))
+
+    async def Regress(self, request: regression_pb2.RegressionRequest, context: Any) -> Any:
+        spec = request.model_spec if request.HasField("model_spec") else None
+        return await self._infer("Regress", spec, context, lambda s: run_regress(s, request))
+
+    async def MultiInference(self, request: inference_pb2.MultiInferenceRequest, context: Any) -> Any:
+        # multi_inference_helper.cc: the first task's spec picks the servable; no spec at all
+        # resolves as an empty name.
+        spec = model_pb2.ModelSpec()
+        if request.tasks and request.tasks[0].HasField("model_spec"):
+            spec = request.tasks[0].model_spec
+        return await self._infer(
+            "MultiInference", spec, context, lambda s: run_multi_inference(s, request), tf_metrics=False
+        )
+
+    async def GetModelMetadata(
+        self, request: get_model_metadata_pb2.GetModelMetadataRequest, context: Any
+    ) -> Any:
+        try:
+            return self._core.metadata(request)
+        except ServingError as exc:
+            await context.abort(exc.code, exc.grpc_message())
+
+
+class ModelService(model_service_pb2_grpc.ModelServiceServicer):  # type: ignore[misc]
+    def __init__(self, core: ServingCore) -> None:
+        self._core = core
+
+    async def GetModelStatus(self, request: get_model_status_pb2.GetModelStatusRequest, context: Any) -> Any:
+        try:
+            if not request.HasField("model_spec"):
+                raise invalid_argument("Missing ModelSpec")
+            return self._core.status(request.model_spec)
+        except ServingError as exc:
+            await context.abort(exc.code, exc.grpc_message())
+
+    async def HandleReloadConfigRequest(
+        self, request: model_management_pb2.ReloadConfigRequest, context: Any
+    ) -> Any:
+        """model_service_impl.cc: only a ModelConfigList can be swapped in."""
+        error: ServingError | None = None
+        if request.config.WhichOneof("config") != "model_config_list":
+            error = invalid_argument(
+                "ServerModelConfig type not supported by HandleReloadConfigRequest. "
+                "Only ModelConfigList is currently supported"
+            )
+        else:
+            for index, config in enumerate(request.config.model_config_list.config):
+                log.info(
+                    "Config entry index : %d path : %s name : %s platform : %s",
+                    index,
+                    config.base_path,
+                    config.name,
+                    config.model_platform,
+                )
+            try:
+                await self._core.manager.reload_config(request.config)
+            except ServingError as exc:
+                error = exc
+        if error is not None:
+            log.error("ReloadConfig failed: %s", error.message)
+            await context.abort(error.code, error.grpc_message())
+        response = model_management_pb2.ReloadConfigResponse(status=status_proto(None))
+        for name in request.metric_names:
+            response.metric.add(name=name, int64_value_increase=0)
+        return response
+
+
+def build_server(core: ServingCore, address: str) -> grpc.aio.Server:
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(core), server)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core), server)
+    if server.add_insecure_port(address) == 0:
+        raise OSError(f"cannot bind gRPC port at {address}")
+    return server
