@@ -28,7 +28,7 @@ from aiohttp import web
 from gateway.budget import RetryBudget
 from gateway.cache import PredictionCache
 from gateway.call import Answer
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config import ConfigError, GatewayConfig, Hedge, load_config
 from gateway.health import HealthChecker
 from gateway.ingress_grpc import GrpcIngress
 from gateway.ingress_rest import RestIngress
@@ -65,6 +65,10 @@ class Runtime:
             self.routers[model] = r
         return r
 
+    def hedge_for(self, model: str | None) -> Hedge | None:
+        m = self.cfg.models.get(model) if model else None
+        return m.hedge if m else None
+
     def timeout_for(self, model: str | None) -> float:
         m = self.cfg.models.get(model) if model else None
         return m.timeout_s if m else 30.0
@@ -84,6 +88,9 @@ class Gateway:
         self.retry_budget = RetryBudget(cfg.retries.budget_ratio, cfg.retries.min_per_s,
                                         time.monotonic)
         self.total_in_flight = 0
+        self.queued = 0  # calls waiting for a replica below its in-flight cap
+        self.slot_freed = asyncio.Event()  # replaced on every wake-up; waiters re-check
+        self.hedge_budget = RetryBudget(0.05, 1.0, time.monotonic)
         self.caches: dict[str, PredictionCache] = {}
         self._cache_specs: dict[str, tuple[object, ...]] = {}
         self._sync_caches(cfg)
@@ -126,6 +133,11 @@ class Gateway:
 
     def on_arm_done(self, model: str, answer: Answer, ok: bool, seconds: float) -> None:
         """Rollout analysis hook; replaced when rollouts are wired."""
+
+    def wake_queue(self) -> None:
+        """A replica slot freed: wake every queued call to re-check (each re-ranks)."""
+        ev, self.slot_freed = self.slot_freed, asyncio.Event()
+        ev.set()
 
     def on_upstream_done(self, replica: ReplicaState, seconds: float) -> None:
         self.metrics.upstream_latency.labels(replica.name).observe(seconds)

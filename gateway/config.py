@@ -172,6 +172,12 @@ class Rollout(_Frozen):
         return v
 
 
+class Hedge(_Frozen):
+    delay_ms: float | None = Field(default=None, gt=0)  # None: the model's observed p95
+    fallback_ms: float = Field(default=50.0, gt=0)  # delay while no p95 has been observed
+    budget_ratio: float = Field(default=0.05, ge=0, le=1)
+
+
 class ModelConfig(_Frozen):
     labels: dict[str, int] = {}
     routes: list[Route] = []
@@ -181,6 +187,19 @@ class ModelConfig(_Frozen):
     shadow: Shadow | None = None
     rollout: Rollout | None = None
     timeout_s: float = Field(default=30.0, gt=0)
+    hedge: Hedge | None = None
+    api_keys: list[str] = []
+
+    @field_validator("api_keys")
+    @classmethod
+    def _keys(cls, v: list[str]) -> list[str]:
+        for k in v:
+            if k.startswith("sha256:"):
+                if not re.fullmatch(r"sha256:[0-9a-f]{64}", k):
+                    raise ValueError("an api key 'sha256:...' needs 64 lower-case hex digits")
+            elif len(k) < 16:
+                raise ValueError("an api key needs at least 16 characters (or give 'sha256:<hex>')")
+        return v
 
     @field_validator("labels")
     @classmethod
@@ -212,6 +231,7 @@ class Limits(_Frozen):
 
 class Retries(_Frozen):
     max_attempts: int = Field(default=3, ge=1)
+    per_try_timeout_s: float | None = Field(default=None, gt=0)
     budget_ratio: float = Field(default=0.2, ge=0, le=1)
     min_per_s: float = Field(default=10.0, ge=0)
 

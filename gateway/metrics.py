@@ -39,6 +39,11 @@ class Metrics:
             ["replica"], registry=r)
         self.retries = Counter(
             "infergate_retries_total", "Calls retried on another replica.", ["model"], registry=r)
+        self.hedges = Counter(
+            "infergate_hedges_total", "Second copies sent for slow calls.", ["model"], registry=r)
+        self.hedge_wins = Counter(
+            "infergate_hedge_wins_total", "Hedged calls answered first by the copy.", ["model"],
+            registry=r)
         self.retry_budget_exhausted = Counter(
             "infergate_retry_budget_exhausted_total", "Retries refused by the retry budget.",
             ["model"], registry=r)

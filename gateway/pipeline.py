@@ -10,6 +10,7 @@ What must always hold:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 import time
@@ -17,6 +18,7 @@ from typing import TYPE_CHECKING
 
 from gateway.cache import Entry, PredictionCache, cache_key
 from gateway.call import IDEMPOTENT, Answer, Call, Forwarder
+from gateway.config import Hedge
 from gateway.errors import DeadlineExceeded, GatewayError, NoReplica, Overloaded, ReplicaUnavailable
 from gateway.replicas import ReplicaState
 from gateway.routing import ModelRouter, Target
@@ -35,6 +37,7 @@ MAX_EJECTION_S = 300.0
 
 CACHEABLE = frozenset({"predict", "classify", "regress", "multi_inference"})
 REPLICA_HEADER = "x-infergate-replica"
+DEADLINE_CODE = 4  # grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 def _from_entry(entry: Entry, version: int) -> Answer:
@@ -53,6 +56,7 @@ class Pipeline:
         self.gw = gw
         self.rng = random.Random()
         self._rr = 0
+        self._p95: dict[str, tuple[float, float]] = {}
 
     async def handle(self, call: Call, fwd: Forwarder) -> Answer:
         gw = self.gw
@@ -188,7 +192,11 @@ class Pipeline:
         budget.record_call()
         timeout = rt.timeout_for(call.model)
         deadline = now + timeout if call.deadline is None else min(call.deadline, now + timeout)
+        ranked = await self._admit(ranked, deadline)
         attempts = min(len(ranked), rt.cfg.retries.max_attempts if call.method in IDEMPOTENT else 1)
+        hedge = rt.hedge_for(call.model) if call.method in IDEMPOTENT else None
+        if hedge is not None:
+            gw.hedge_budget.record_call()
         last: Answer | GatewayError | None = None
         for i in range(attempts):
             remaining = deadline - time.monotonic()
@@ -199,23 +207,106 @@ class Pipeline:
                     gw.metrics.retry_budget_exhausted.labels(gw.model_label(call.model)).inc()
                     break
                 gw.metrics.retries.labels(gw.model_label(call.model)).inc()
-            replica = ranked[i]
-            try:
-                answer = await self._attempt(call, fwd, replica, version, remaining)
-            except ReplicaUnavailable as exc:
-                last = exc
-                continue
-            if fwd.retryable(answer) and i + 1 < attempts:
-                last = answer
-                continue
-            answer.arm = arm
-            return answer
+            if i == 0 and hedge is not None and len(ranked) > 1:
+                result = await self._hedged(call, fwd, ranked[0], ranked[1], version, remaining,
+                                            self._hedge_delay(call.model or "", hedge))
+            else:
+                result = await self._try(call, fwd, ranked[i], version, remaining)
+            if isinstance(result, Answer) and not (fwd.retryable(result) and i + 1 < attempts):
+                result.arm = arm
+                return result
+            last = result
         if isinstance(last, Answer):
             last.arm = arm
             return last
         if isinstance(last, GatewayError):
             raise last
         raise NoReplica("No replica answered")
+
+    async def _admit(self, ranked: list[ReplicaState], deadline: float) -> list[ReplicaState]:
+        """Per-replica in-flight cap with a bounded queue (429 / RESOURCE_EXHAUSTED past it)."""
+        gw = self.gw
+        cap = gw.runtime.cfg.limits.max_in_flight_per_replica
+        open_ = [r for r in ranked if r.in_flight < cap]
+        if open_:
+            return open_
+        if gw.queued >= gw.runtime.cfg.limits.max_queue:
+            gw.metrics.shed.labels("replicas_full").inc()
+            raise Overloaded("All replicas are at their in-flight limit and the queue is full")
+        gw.queued += 1
+        try:
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise DeadlineExceeded("Deadline Exceeded while queued")
+                try:
+                    await asyncio.wait_for(gw.slot_freed.wait(), remaining)
+                except asyncio.TimeoutError:
+                    continue
+                open_ = [r for r in ranked if r.in_flight < cap]
+                if open_:
+                    return open_
+        finally:
+            gw.queued -= 1
+
+    async def _try(self, call: Call, fwd: Forwarder, replica: ReplicaState, version: int | None,
+                   remaining: float) -> Answer | GatewayError:
+        """One attempt; a per-try timeout shorter than the deadline turns a hung replica into a
+        retryable failure instead of a lost call."""
+        per_try = self.gw.runtime.cfg.retries.per_try_timeout_s
+        limit = remaining if per_try is None else min(per_try, remaining)
+        try:
+            answer = await self._attempt(call, fwd, replica, version, limit)
+        except ReplicaUnavailable as exc:
+            return exc
+        except DeadlineExceeded as exc:
+            if limit < remaining:
+                return ReplicaUnavailable(f"replica {replica.name} did not answer in {limit:.3g} s")
+            return exc
+        if limit < remaining and answer.status == DEADLINE_CODE and call.protocol == "grpc":
+            return ReplicaUnavailable(f"replica {replica.name} did not answer in {limit:.3g} s")
+        return answer
+
+    async def _hedged(self, call: Call, fwd: Forwarder, primary: ReplicaState,
+                      backup: ReplicaState, version: int | None, remaining: float,
+                      delay: float) -> Answer | GatewayError:
+        """Send to `primary`; if it has not answered after `delay`, send a copy to `backup` and
+        take the first good answer, cancelling the other (Dean and Barroso, "The Tail at Scale",
+        2013). The hedge budget caps the extra load."""
+        gw = self.gw
+        async with asyncio.TaskGroup() as tg:
+            first = tg.create_task(self._try(call, fwd, primary, version, remaining))
+            done, _ = await asyncio.wait({first}, timeout=min(delay, remaining))
+            if done or not gw.hedge_budget.try_withdraw():
+                return await first
+            gw.metrics.hedges.labels(gw.model_label(call.model)).inc()
+            second = tg.create_task(self._try(call, fwd, backup, version, remaining - delay))
+            pending = {first, second}
+            result: Answer | GatewayError | None = None
+            while pending:
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for t in done:
+                    result = t.result()
+                    if isinstance(result, Answer) and not fwd.retryable(result):
+                        for p in pending:
+                            p.cancel()
+                        if t is second:
+                            gw.metrics.hedge_wins.labels(gw.model_label(call.model)).inc()
+                        return result
+            assert result is not None
+            return result
+
+    def _hedge_delay(self, model: str, hedge: Hedge) -> float:
+        if hedge.delay_ms is not None:
+            return hedge.delay_ms / 1000.0
+        now = time.monotonic()
+        cached = self._p95.get(model)
+        if cached is None or now - cached[1] > 1.0:
+            t = self.gw.traffic.models.get(model)
+            p95 = t.latency.p95_ms(now) if t is not None else None
+            cached = ((p95 / 1000.0) if p95 else hedge.fallback_ms / 1000.0, now)
+            self._p95[model] = cached
+        return cached[0]
 
     async def _attempt(self, call: Call, fwd: Forwarder, replica: ReplicaState,
                        version: int | None, timeout: float) -> Answer:
@@ -232,6 +323,8 @@ class Pipeline:
             t1 = time.monotonic()
             replica.in_flight -= 1
             gw.total_in_flight -= 1
+            if gw.queued:
+                gw.wake_queue()
             replica.requests += 1
             if failed:
                 self._record_failure(replica, t1)
