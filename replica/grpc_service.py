@@ -108,6 +108,10 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
             expired = deadline is not None and asyncio.get_running_loop().time() >= deadline
             code = "DEADLINE_EXCEEDED" if expired else "CANCELLED"
             raise
+        except Exception as exc:  # a bug here must still end the RPC with a status and a metric
+            log.exception("%s failed", api)
+            code = "INTERNAL"
+            await context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
         finally:
             core.metrics.record_inference(model, api, "GRPC", code)
             if tf_metrics:

@@ -1,10 +1,10 @@
-"""REST JSON <-> tensors and tf.Examples, following tensorflow_serving/util/json_tensor.cc.
+"""REST JSON <-> tensors for Predict, following tensorflow_serving/util/json_tensor.cc.
 
 Requests: ``instances`` (row form: one entry per batch item, all of one shape) or ``inputs``
-(columnar form), ``{"b64": ...}`` for binary strings, ``examples``/``context`` for classify and
-regress. Answers: ``predictions`` (row) or ``outputs`` (columnar), ``results`` for classify and
-regress, written with RapidJSON's PrettyWriter exactly as TF Serving lays them out. Every check
-and message mirrors json_tensor.cc, including the order in which they are made.
+(columnar form), ``{"b64": ...}`` for binary strings. Answers: ``predictions`` (row) or
+``outputs`` (columnar), written with RapidJSON's PrettyWriter exactly as TF Serving lays them out.
+Every check and message mirrors json_tensor.cc, including the order in which they are made.
+Classify and regress bodies (tf.Examples) are in replica.json_examples.
 """
 
 from __future__ import annotations
@@ -15,10 +15,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from tensorflow.core.example import example_pb2, feature_pb2
 from tensorflow.core.framework import types_pb2
 from tensorflow.core.protobuf import meta_graph_pb2
-from tensorflow_serving.apis import classification_pb2, input_pb2, regression_pb2
 
 from replica.errors import ServingError, invalid_argument, unimplemented
 from replica.rapidjson import PrettyWriter, debug_string, json_type, quote, write_decimal
@@ -40,7 +38,7 @@ _NUMPY: dict[int, Any] = {
 }
 
 
-def _format_error(value: Any, *parts: str) -> ServingError:
+def format_error(value: Any, *parts: str) -> ServingError:
     return invalid_argument(f"JSON Value: {debug_string(value)} " + "".join(parts))
 
 
@@ -60,12 +58,12 @@ def signature_name(doc: dict[str, Any]) -> str:
 # ---------------------------------------------------------------- values
 
 
-def _is_b64(value: Any) -> bool:
+def is_b64(value: Any) -> bool:
     return isinstance(value, dict) and len(value) == 1 and isinstance(value.get("b64"), str)
 
 
-def _b64_decode(value: Any) -> bytes:
-    if not _is_b64(value):
+def b64_decode(value: Any) -> bytes:
+    if not is_b64(value):
         raise invalid_argument(f"JSON Value: {debug_string(value)} not formatted correctly for base64 data")
     text = value["b64"]
     try:
@@ -133,7 +131,7 @@ def _fill(value: Any, level: int, dtype: int, shape: list[int], out: list[Any]) 
         if isinstance(value, dict):
             if dtype != types_pb2.DT_STRING:
                 raise _type_error(value, dtype)
-            out.append(_b64_decode(value))
+            out.append(b64_decode(value))
         else:
             out.append(_scalar(value, dtype))
         return
@@ -177,14 +175,14 @@ def predict_inputs(
         raise invalid_argument(f"Failed to get input map for signature: {signame or 'DEFAULT'}")
     if "instances" in doc:
         if "inputs" in doc:
-            raise _format_error(
+            raise format_error(
                 doc, "Not formatted correctly expecting only one of 'inputs' or 'instances' keys to exist "
             )
         instances = doc["instances"]
         if not isinstance(instances, list):
-            raise _format_error(doc, "Expecting 'instances' to be an list/array")
+            raise format_error(doc, "Expecting 'instances' to be an list/array")
         if not instances:
-            raise _format_error(doc, "No values in 'instances' array")
+            raise format_error(doc, "No values in 'instances' array")
         return _from_instances(instances, infos), True
     if "inputs" in doc:
         return _from_inputs(doc["inputs"], infos), False
@@ -200,7 +198,7 @@ def _from_instances(instances: list[Any], infos: dict[str, int]) -> dict[str, np
         )
 
     def is_object(value: Any) -> bool:
-        return isinstance(value, dict) and not _is_b64(value)
+        return isinstance(value, dict) and not is_b64(value)
 
     objects = is_object(instances[0])
     first_name = next(iter(infos))
@@ -256,7 +254,7 @@ def _from_instances(instances: list[Any], infos: dict[str, int]) -> dict[str, np
 
 def _from_inputs(value: Any, infos: dict[str, int]) -> dict[str, np.ndarray]:
     """FillTensorMapFromInputsMap: one tensor, or an object of named tensors."""
-    if not isinstance(value, dict) or _is_b64(value):
+    if not isinstance(value, dict) or is_b64(value):
         if len(infos) > 1:
             raise invalid_argument(
                 "inputs is a plain value/list, but expecting an object as multiple input tensors "
@@ -392,110 +390,5 @@ def error_json(message: str) -> str:
     writer.start_object()
     writer.key("error")
     writer.string(message)
-    writer.end_object()
-    return writer.text()
-
-
-# ---------------------------------------------------------------- classify / regress
-
-
-def _feature_kind_error(name: str, feature: feature_pb2.Feature) -> ServingError:
-    kind = {"bytes_list": "bytes", "float_list": "float", "int64_list": "int64"}.get(
-        feature.WhichOneof("kind") or "", "UNKNOWN"
-    )
-    return invalid_argument(f"Unexpected element type in feature: {name} expecting type: {kind}")
-
-
-def _add_feature_value(value: Any, name: str, feature: feature_pb2.Feature) -> None:
-    """AddValueToFeature: the JSON type picks the feature list; one list kind per feature."""
-    kind = feature.WhichOneof("kind")
-
-    def need(wanted: str) -> None:
-        if kind not in (None, wanted):
-            raise _feature_kind_error(name, feature)
-
-    if value is None or isinstance(value, list) or (isinstance(value, dict) and not _is_b64(value)):
-        raise invalid_argument(f"Feature: {name} has element with unexpected JSON type: {json_type(value)}")
-    if isinstance(value, bool):
-        need("int64_list")
-        feature.int64_list.value.append(1 if value else 0)
-    elif isinstance(value, dict):
-        need("bytes_list")
-        feature.bytes_list.value.append(_b64_decode(value))
-    elif isinstance(value, str):
-        need("bytes_list")
-        feature.bytes_list.value.append(value.encode("utf-8", "surrogateescape"))
-    elif isinstance(value, int) and -(2**63) <= value < 2**64:
-        need("int64_list")
-        if value >= 2**63:
-            raise invalid_argument(f"Feature: {name} has uint64_t element. Only int64_t is supported.")
-        feature.int64_list.value.append(value)
-    else:
-        need("float_list")
-        feature.float_list.value.append(float(value))
-
-
-def _make_example(value: Any, example: example_pb2.Example) -> None:
-    if not isinstance(value, dict):
-        raise invalid_argument(f"Example must be JSON object but got JSON {json_type(value)}")
-    for name, content in value.items():
-        feature = feature_pb2.Feature()
-        for item in content if isinstance(content, list) else [content]:
-            _add_feature_value(item, name, feature)
-        example.features.feature[name].CopyFrom(feature)
-
-
-def examples_input(doc: dict[str, Any]) -> input_pb2.Input:
-    """FillClassifyRegressRequestFromJson after the signature: "context" and "examples"."""
-    inp = input_pb2.Input()
-    has_context = "context" in doc
-    if has_context:
-        _make_example(doc["context"], inp.example_list_with_context.context)
-    if "examples" not in doc:
-        raise _format_error(doc, "When method is classify, key 'examples' is expected and was not found")
-    examples = doc["examples"]
-    if not isinstance(examples, list):
-        raise _format_error(doc, "Expecting 'examples' value to be an list/array")
-    if not examples:
-        raise _format_error(doc, "'examples' value is an empty array")
-    target = inp.example_list_with_context.examples if has_context else inp.example_list.examples
-    for item in examples:
-        _make_example(item, target.add())
-    return inp
-
-
-def classify_json(result: classification_pb2.ClassificationResult) -> str:
-    if not result.classifications:
-        raise invalid_argument("Cannot convert empty ClassificationResults to JSON")
-    writer = PrettyWriter()
-    writer.start_object()
-    writer.key("results")
-    writer.start_array()
-    for classifications in result.classifications:
-        writer.single_line = True
-        writer.start_array()
-        for cls in classifications.classes:
-            writer.start_array()
-            writer.string(cls.label)
-            writer.raw(write_decimal(cls.score, True))
-            writer.end_array()
-        writer.end_array()
-        writer.single_line = False
-    writer.end_array()
-    writer.end_object()
-    return writer.text()
-
-
-def regress_json(result: regression_pb2.RegressionResult) -> str:
-    if not result.regressions:
-        raise invalid_argument("Cannot convert empty RegressionResults to JSON")
-    writer = PrettyWriter()
-    writer.start_object()
-    writer.key("results")
-    writer.single_line = True
-    writer.start_array()
-    for regression in result.regressions:
-        writer.raw(write_decimal(regression.value, True))
-    writer.end_array()
     writer.end_object()
     return writer.text()

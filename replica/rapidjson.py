@@ -283,6 +283,10 @@ def parse_json(body: bytes) -> Any:
         raise invalid_argument(f"JSON Parse error: {message} at offset: {exc.pos}") from exc
     except RecursionError as exc:
         raise invalid_argument("JSON Parse error: Unspecific syntax error. at offset: 0") from exc
+    except ValueError as exc:  # an integer literal longer than Python converts
+        raise invalid_argument(
+            "JSON Parse error: Number too big to be stored in double. at offset: 0"
+        ) from exc
     if not isinstance(doc, dict):
         raise invalid_argument(f"JSON Value: {debug_string(doc)} Is not object")
     return doc

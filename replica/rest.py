@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 import time
 import urllib.parse
@@ -35,18 +36,13 @@ from tensorflow_serving.apis import (
 from replica.core import ServingCore
 from replica.errors import ServingError, invalid_argument
 from replica.inference import DEFAULT_SIGNATURE, prepare_predict, run_classify, run_predict, run_regress
-from replica.json_tensor import (
-    classify_json,
-    error_json,
-    examples_input,
-    predict_inputs,
-    predict_json,
-    regress_json,
-    signature_name,
-)
+from replica.json_examples import classify_json, examples_input, regress_json
+from replica.json_tensor import error_json, predict_inputs, predict_json, signature_name
 from replica.proto_json import message_to_json
 from replica.rapidjson import parse_json
 from replica.servable import Servable
+
+log = logging.getLogger("replica.rest")
 
 _API_PATH = re.compile(r"(?i)/v1/.*")
 _PREDICT_PATH = re.compile(
@@ -150,6 +146,10 @@ class RestApi:
         except ServingError as exc:
             error = exc
             output = error_json(exc.message)
+        except Exception as exc:  # a bug here must still answer in TF Serving's error shape
+            log.exception("REST %s %s failed", http_method, raw_path)
+            error = ServingError(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+            output = error_json(error.message)
         model_name, verb = parsed["model"], parsed["verb"]
         code = error.code_name if error is not None else "OK"
         metrics = self._core.metrics

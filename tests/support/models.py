@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -54,3 +55,38 @@ def shared_models_dir() -> pathlib.Path:
     """The cached models folder for the current generator (made on first use)."""
     root = pathlib.Path(tempfile.gettempdir()) / f"infergate-test-models-{_generator_hash()}"
     return ensure_test_models(root)
+
+
+def write_model_config(path: pathlib.Path, models: pathlib.Path, *, labels: bool = True) -> pathlib.Path:
+    """A text-proto ModelServerConfig serving half_plus_two (all versions, optionally labelled
+    stable=1 and canary=2) and embed from ``models``. Labels on versions that are not loaded yet
+    need ``--allow_version_labels_for_unavailable_models`` at start-up, as in TF Serving."""
+    label_lines = (
+        '    version_labels { key: "stable" value: 1 }\n    version_labels { key: "canary" value: 2 }\n'
+        if labels
+        else ""
+    )
+    path.write_text(
+        "model_config_list {\n"
+        "  config {\n"
+        '    name: "half_plus_two"\n'
+        f'    base_path: "{models / "half_plus_two"}"\n'
+        '    model_platform: "tensorflow"\n'
+        "    model_version_policy { all {} }\n"
+        f"{label_lines}"
+        "  }\n"
+        "  config {\n"
+        '    name: "embed"\n'
+        f'    base_path: "{models / "embed"}"\n'
+        '    model_platform: "tensorflow"\n'
+        "  }\n"
+        "}\n"
+    )
+    return path
+
+
+def add_version(src: pathlib.Path, base: pathlib.Path, version: int) -> pathlib.Path:
+    """Copy a version folder into ``base`` as ``version``, appearing at once (copy, then rename)."""
+    staging = base / f".staging-{version}"
+    shutil.copytree(src, staging)
+    return staging.rename(base / str(version))
