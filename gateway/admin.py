@@ -7,6 +7,8 @@ surface never proxies traffic to an address that is not a configured replica.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -114,8 +116,30 @@ async def cache(request: web.Request) -> web.Response:
     return _json({"store": gw.runtime.cfg.cache.store, "models": out})
 
 
+# Reachable without the bearer token: orchestrator probes and Prometheus scrapes.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+def _token_guard(token: str) -> Any:
+    expected = hashlib.sha256(token.encode()).digest()
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path not in OPEN_PATHS:
+            got = request.headers.get("Authorization", "")
+            scheme, _, value = got.partition(" ")
+            digest = hashlib.sha256(value.strip().encode()).digest()
+            if scheme.lower() != "bearer" or not hmac.compare_digest(digest, expected):
+                return _json({"error": "admin API needs a valid bearer token"}, 401)
+        resp: web.StreamResponse = await handler(request)
+        return resp
+
+    return guard
+
+
 def build_admin_app(gw: Gateway) -> web.Application:
-    app = web.Application()
+    token = gw.runtime.cfg.admin_secret()
+    app = web.Application(middlewares=[_token_guard(token)] if token else [])
     app[GATEWAY] = gw
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)

@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import signal
+import ssl
 import time
 from pathlib import Path
 from typing import Any
@@ -28,7 +29,7 @@ from aiohttp import web
 from gateway.budget import RetryBudget
 from gateway.cache import PredictionCache
 from gateway.call import Answer
-from gateway.config import ConfigError, GatewayConfig, Hedge, load_config
+from gateway.config import ConfigError, GatewayConfig, Hedge, Tls, load_config
 from gateway.health import HealthChecker
 from gateway.ingress_grpc import GrpcIngress
 from gateway.ingress_rest import RestIngress
@@ -225,7 +226,8 @@ class Gateway:
             host, port = _split(cfg.listen.rest)
             server = web.Server(RestIngress(self).handle, access_log=None)
             self._rest_server = await loop.create_server(server, host, port, backlog=1024,
-                                                         reuse_address=True)
+                                                         reuse_address=True,
+                                                         ssl=_server_ssl(cfg.listen.tls))
             self.bound["rest"] = self._rest_server.sockets[0].getsockname()[1]
         if cfg.listen.grpc:
             mx = cfg.limits.max_message_bytes
@@ -233,7 +235,15 @@ class Gateway:
                 ("grpc.max_send_message_length", mx), ("grpc.max_receive_message_length", mx),
                 ("grpc.so_reuseport", 0)])
             self._grpc_server.add_generic_rpc_handlers((GrpcIngress(self),))
-            self.bound["grpc"] = self._grpc_server.add_insecure_port(cfg.listen.grpc)
+            tls = cfg.listen.tls
+            if tls is None:
+                self.bound["grpc"] = self._grpc_server.add_insecure_port(cfg.listen.grpc)
+            else:
+                creds = grpc.ssl_server_credentials(
+                    [(Path(tls.key).read_bytes(), Path(tls.cert).read_bytes())],
+                    root_certificates=Path(tls.client_ca).read_bytes() if tls.client_ca else None,
+                    require_client_auth=tls.client_ca is not None)
+                self.bound["grpc"] = self._grpc_server.add_secure_port(cfg.listen.grpc, creds)
             await self._grpc_server.start()
         if cfg.listen.admin:
             host, port = _split(cfg.listen.admin)
@@ -288,6 +298,17 @@ class Gateway:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: spawn(self.drain_and_stop(), "drain"))
         await self._stopped.wait()
+
+
+def _server_ssl(tls: Tls | None) -> ssl.SSLContext | None:
+    if tls is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(tls.cert, tls.key)
+    if tls.client_ca:
+        ctx.load_verify_locations(tls.client_ca)
+        ctx.verify_mode = ssl.CERT_REQUIRED
+    return ctx
 
 
 def _split(hostport: str) -> tuple[str, int]:

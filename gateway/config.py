@@ -31,10 +31,25 @@ def _check_hostport(v: str) -> str:
     return v
 
 
+class Tls(_Frozen):
+    cert: str  # PEM certificate chain
+    key: str  # PEM private key
+    client_ca: str | None = None  # PEM CA bundle: when set, clients must present a certificate
+
+    @model_validator(mode="after")
+    def _files(self) -> Tls:
+        for name in ("cert", "key", "client_ca"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name}: no such file: {path}")
+        return self
+
+
 class Listen(_Frozen):
     rest: str | None = "0.0.0.0:8501"
     grpc: str | None = "0.0.0.0:8500"
     admin: str | None = "127.0.0.1:9901"
+    tls: Tls | None = None  # TLS on the REST and gRPC listeners (admin stays plain on loopback)
 
     @field_validator("rest", "grpc", "admin")
     @classmethod
@@ -297,11 +312,25 @@ class GatewayConfig(_Frozen):
     state_file: str | None = None
     default_balance: str = "round_robin"
     scale_eval_s: float = Field(default=5.0, gt=0)
+    admin_token: str | None = Field(default=None, min_length=16)
+    admin_token_file: str | None = None
+
+    def admin_secret(self) -> str | None:
+        """The admin bearer token (inline or read from a file, e.g. a Kubernetes secret)."""
+        if self.admin_token_file:
+            return Path(self.admin_token_file).read_text(encoding="utf-8").strip()
+        return self.admin_token
 
     @model_validator(mode="after")
     def _references(self) -> GatewayConfig:
         from policies.registry import balancer_names
 
+        if self.listen.admin and not _loopback(self.listen.admin) and not (
+                self.admin_token or self.admin_token_file):
+            raise ValueError("listen.admin: an admin address beyond loopback needs admin_token or "
+                             "admin_token_file")
+        if self.admin_token_file and not Path(self.admin_token_file).is_file():
+            raise ValueError(f"admin_token_file: no such file: {self.admin_token_file}")
         names = [r.name for r in self.replicas]
         dupes = {n for n in names if names.count(n) > 1}
         if dupes:
@@ -334,6 +363,11 @@ class GatewayConfig(_Frozen):
                 raise ValueError(f"autoscale.{pool}: unknown pool (pools: {sorted(pools)})")
             policy_from_mapping(auto.model_dump(), f"autoscale.{pool}")
         return self
+
+
+def _loopback(hostport: str) -> bool:
+    host = hostport.rpartition(":")[0].strip("[]")
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def _loc(loc: tuple[int | str, ...]) -> str:

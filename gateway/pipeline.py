@@ -19,7 +19,14 @@ from typing import TYPE_CHECKING
 from gateway.cache import Entry, PredictionCache, cache_key
 from gateway.call import IDEMPOTENT, Answer, Call, Forwarder
 from gateway.config import Hedge
-from gateway.errors import DeadlineExceeded, GatewayError, NoReplica, Overloaded, ReplicaUnavailable
+from gateway.errors import (
+    DeadlineExceeded,
+    GatewayError,
+    NoReplica,
+    Overloaded,
+    ReplicaUnavailable,
+    Unauthenticated,
+)
 from gateway.replicas import ReplicaState
 from gateway.routing import ModelRouter, Target
 from policies.base import PickContext
@@ -78,6 +85,8 @@ class Pipeline:
         if not rt.replicas.knows(model):
             await gw.health.discover(model)
         router = rt.router(model)
+        if not router.authorized(call.headers):
+            raise Unauthenticated(f"Missing or invalid API key for model {model}")
         version, candidates, arm = self._resolve(call, router, now)
         if not candidates:
             return await self._unroutable(call, fwd, router, version, now)

@@ -13,6 +13,8 @@ What must always hold:
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -76,6 +78,9 @@ class ModelRouter:
         self.chain: RuleChain[CompiledRoute] = RuleChain(rules)
         balance = cfg.balance if "balance" in cfg.model_fields_set else default_balance
         self.balancer: Balancer = make_balancer(balance)
+        self.key_digests: tuple[bytes, ...] = tuple(
+            bytes.fromhex(k[7:]) if k.startswith("sha256:") else hashlib.sha256(k.encode()).digest()
+            for k in cfg.api_keys)
         self.sticky_header = cfg.sticky.header.lower() if cfg.sticky and cfg.sticky.header else None
         self.sticky_cookie = cfg.sticky.cookie if cfg.sticky else None
         self.sticky: Balancer | None = (
@@ -100,6 +105,23 @@ class ModelRouter:
         first = route.split.pick(key, rng)
         order = [first] + [a for a in route.arms if a != first]
         return [self.target_of(a) for a in order] + [Target()]
+
+    def authorized(self, headers: Mapping[str, str]) -> bool:
+        """True when the model needs no key or the call carries one of its keys (x-api-key or
+        Authorization: Bearer). Compared as SHA-256 digests in constant time; never logged."""
+        if not self.key_digests:
+            return True
+        given = headers.get("x-api-key")
+        if given is None:
+            scheme, _, value = headers.get("authorization", "").partition(" ")
+            given = value.strip() if scheme.lower() == "bearer" else None
+        if not given:
+            return False
+        digest = hashlib.sha256(given.encode()).digest()
+        ok = False
+        for k in self.key_digests:  # no early exit: time does not tell which key matched
+            ok |= hmac.compare_digest(digest, k)
+        return ok
 
     def session_key(self, headers: Mapping[str, str]) -> str | None:
         if self.sticky_header is not None:

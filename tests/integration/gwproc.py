@@ -41,8 +41,11 @@ class GatewayProc:
                  ready_timeout: float = 30.0, wait_ready: bool = True) -> None:
         self.rest_port, self.grpc_port, self.admin_port = free_port(), free_port(), free_port()
         cfg = dict(cfg)
+        tls = cfg.pop("tls", None)
         cfg["listen"] = {"rest": f"127.0.0.1:{self.rest_port}", "grpc": f"127.0.0.1:{self.grpc_port}",
                          "admin": f"127.0.0.1:{self.admin_port}"}
+        if tls:
+            cfg["listen"]["tls"] = tls
         cfg.setdefault("health", {"interval_s": 0.5, "timeout_s": 1.0, "metrics_interval_s": 0.5})
         self.cfg = cfg
         self.workdir = workdir
