@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import importlib.resources
 import time
 from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gateway.rollout import RolloutError
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -137,6 +140,33 @@ def _token_guard(token: str) -> Any:
     return guard
 
 
+async def rollouts(request: web.Request) -> web.Response:
+    return _json(request.app[GATEWAY].rollouts.to_json())
+
+
+async def rollout_action(request: web.Request) -> web.Response:
+    gw = request.app[GATEWAY]
+    model, action = request.match_info["model"], request.match_info["action"]
+    reason = None
+    if request.can_read_body:
+        try:
+            body = await request.json()
+            reason = body.get("reason") if isinstance(body, dict) else None
+        except ValueError:
+            return _json({"error": "body must be JSON"}, 400)
+    try:
+        return _json(await gw.rollouts.act(model, action, reason))
+    except KeyError:
+        return _json({"error": f"model {model!r} has no rollout"}, 404)
+    except RolloutError as exc:
+        return _json({"error": str(exc)}, 409)
+
+
+async def dashboard(request: web.Request) -> web.Response:
+    page = importlib.resources.files("gateway").joinpath("dashboard.html").read_bytes()
+    return web.Response(body=page, content_type="text/html", charset="utf-8")
+
+
 def build_admin_app(gw: Gateway) -> web.Application:
     token = gw.runtime.cfg.admin_secret()
     app = web.Application(middlewares=[_token_guard(token)] if token else [])
@@ -151,4 +181,7 @@ def build_admin_app(gw: Gateway) -> web.Application:
     app.router.add_get("/api/scale", scale)
     app.router.add_get("/api/traffic", traffic)
     app.router.add_get("/api/cache", cache)
+    app.router.add_get("/api/rollouts", rollouts)
+    app.router.add_post("/api/rollouts/{model}/{action}", rollout_action)
+    app.router.add_get("/", dashboard)
     return app

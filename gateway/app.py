@@ -21,6 +21,7 @@ import signal
 import ssl
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -36,28 +37,38 @@ from gateway.ingress_rest import RestIngress
 from gateway.metrics import Metrics
 from gateway.pipeline import Pipeline
 from gateway.replicas import ReplicaSet, ReplicaState
+from gateway.rollout import Transition
+from gateway.rollout_manager import RolloutManager
+from gateway.rollout_state import make_store
 from gateway.routing import ModelRouter, default_router
 from gateway.scale_service import ScaleService
 from gateway.traffic import TrafficStats
 from gateway.tasks import cancel_all, spawn
 from gateway.upstream import GrpcForwarder, RestForwarder
+from gateway.webhooks import Webhooks
 
 log = logging.getLogger("infergate")
+Overrides = Callable[[str], tuple[dict[str, float] | None, dict[str, int]]]
 
 
 class Runtime:
     """Everything built from one config. Immutable once built, except the replica facts and the
     lazily compiled routers of models discovered on first use."""
 
-    def __init__(self, cfg: GatewayConfig, previous: Runtime | None = None) -> None:
+    def __init__(self, cfg: GatewayConfig, previous: Runtime | None = None,
+                 overrides: Overrides | None = None) -> None:
         self.cfg = cfg
+        self.overrides = overrides
         self.replicas = ReplicaSet(cfg.replicas, cfg.health.metrics_stale_s,
                                    previous.replicas if previous else None)
-        self.routers: dict[str, ModelRouter] = {
-            name: ModelRouter(name, m, cfg.default_balance) for name, m in cfg.models.items()
-        }
+        self.routers: dict[str, ModelRouter] = {name: self.build_router(name) for name in cfg.models}
         self.admission_limit = (cfg.limits.max_in_flight_per_replica * max(1, len(cfg.replicas))
                                 + cfg.limits.max_queue)
+
+    def build_router(self, name: str) -> ModelRouter:
+        """Compile a configured model's router, with any rollout weights and label moves."""
+        weights, labels = self.overrides(name) if self.overrides else (None, {})
+        return ModelRouter(name, self.cfg.models[name], self.cfg.default_balance, weights, labels)
 
     def router(self, model: str) -> ModelRouter:
         r = self.routers.get(model)
@@ -79,10 +90,14 @@ class Gateway:
     def __init__(self, cfg: GatewayConfig, config_path: Path | None = None) -> None:
         self.config_path = config_path
         self.metrics = Metrics()
-        self.runtime = Runtime(cfg)
+        self.rollouts = RolloutManager(make_store(cfg.cache.store, cfg.state_file),
+                                       on_change=self._on_rollout_change, metrics=self.metrics)
+        self.rollouts.configure(cfg.models)
+        self.runtime = Runtime(cfg, overrides=self._overrides)
         self.rest_fwd = RestForwarder()
         self.grpc_fwd = GrpcForwarder(cfg.limits.max_message_bytes)
         self.health = HealthChecker(self)
+        self.webhooks = Webhooks(lambda: self.runtime.cfg.webhooks, self.health.session)
         self.scale = ScaleService(self)
         self.traffic = TrafficStats()
         self.pipeline = Pipeline(self)
@@ -133,7 +148,19 @@ class Gateway:
                 self.on_arm_done(m, answer, ok, elapsed)
 
     def on_arm_done(self, model: str, answer: Answer, ok: bool, seconds: float) -> None:
-        """Rollout analysis hook; replaced when rollouts are wired."""
+        self.rollouts.observe(model, answer.arm, ok, seconds)
+
+    def _overrides(self, model: str) -> tuple[dict[str, float] | None, dict[str, int]]:
+        return self.rollouts.weights(model), self.rollouts.label_overrides(model)
+
+    def _on_rollout_change(self, t: Transition) -> None:
+        """A rollout stepped, was promoted or rolled back: recompile that model's routing now."""
+        rt = self.runtime
+        if t.model in rt.cfg.models:
+            rt.routers[t.model] = rt.build_router(t.model)
+        log.info("rollout %s: %s (step %d, canary weight %.0f%%): %s", t.model, t.kind, t.step,
+                 t.weight, t.reason)
+        self.webhooks.notify({"event": "rollout", "model": t.model, **t.to_json()})
 
     def wake_queue(self) -> None:
         """A replica slot freed: wake every queued call to re-check (each re-ranks)."""
@@ -153,7 +180,8 @@ class Gateway:
         try:
             cfg = load_config(self.config_path)
             self._check_static(cfg)
-            runtime = Runtime(cfg, self.runtime)
+            self.rollouts.configure(cfg.models)
+            runtime = Runtime(cfg, self.runtime, self._overrides)
         except (ConfigError, ValueError) as exc:
             msg = str(exc)
             log.error("config reload refused, the old config keeps serving:\n%s", msg)
@@ -220,6 +248,9 @@ class Gateway:
             await asyncio.wait_for(self.health.probe_all(), cfg.health.timeout_s * 2 + 1)
         except asyncio.TimeoutError:
             log.warning("first health round did not finish in time; serving anyway")
+        await self.rollouts.restore()
+        self.runtime.routers = {n: self.runtime.build_router(n) for n in cfg.models}
+        self._tasks.append(spawn(self.rollouts.run(1.0), "rollouts"))
         self.health.start()
         self._tasks.append(self.scale.start())
         if cfg.listen.rest:
@@ -283,6 +314,7 @@ class Gateway:
 
     async def close(self) -> None:
         await cancel_all(self._tasks)
+        await self.rollouts.close()
         await self.health.stop()
         await self.rest_fwd.close()
         await self.grpc_fwd.close()

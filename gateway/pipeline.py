@@ -28,7 +28,8 @@ from gateway.errors import (
     Unauthenticated,
 )
 from gateway.replicas import ReplicaState
-from gateway.routing import ModelRouter, Target
+from gateway.routing import ModelRouter
+from gateway.shadow import Shadower
 from policies.base import PickContext
 
 if TYPE_CHECKING:
@@ -64,6 +65,7 @@ class Pipeline:
         self.rng = random.Random()
         self._rr = 0
         self._p95: dict[str, tuple[float, float]] = {}
+        self.shadower = Shadower(self)
 
     async def handle(self, call: Call, fwd: Forwarder) -> Answer:
         gw = self.gw
@@ -97,8 +99,12 @@ class Pipeline:
         ranked: list[ReplicaState] = router.rank(candidates, ctx)  # type: ignore[assignment]
         cache = gw.caches.get(model)
         if cache is None or version is None or call.method not in CACHEABLE:
-            return await self._send(call, fwd, ranked, version, arm, now)
-        return await self._cached(cache, call, fwd, ranked, version, arm, now)
+            answer = await self._send(call, fwd, ranked, version, arm, now)
+        else:
+            answer = await self._cached(cache, call, fwd, ranked, version, arm, now)
+        if router.cfg.shadow is not None or router.cfg.rollout is not None:
+            self.shadower.maybe_mirror(call, fwd, answer, router)
+        return answer
 
     async def _cached(self, cache: PredictionCache, call: Call, fwd: Forwarder,
                       ranked: list[ReplicaState], version: int, arm: str, now: float) -> Answer:
@@ -265,7 +271,7 @@ class Pipeline:
         per_try = self.gw.runtime.cfg.retries.per_try_timeout_s
         limit = remaining if per_try is None else min(per_try, remaining)
         try:
-            answer = await self._attempt(call, fwd, replica, version, limit)
+            answer = await self.attempt(call, fwd, replica, version, limit)
         except ReplicaUnavailable as exc:
             return exc
         except DeadlineExceeded as exc:
@@ -317,7 +323,7 @@ class Pipeline:
             self._p95[model] = cached
         return cached[0]
 
-    async def _attempt(self, call: Call, fwd: Forwarder, replica: ReplicaState,
+    async def attempt(self, call: Call, fwd: Forwarder, replica: ReplicaState,
                        version: int | None, timeout: float) -> Answer:
         gw = self.gw
         replica.in_flight += 1

@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from gateway.config import HeaderMatch as HeaderMatchCfg
-from gateway.config import ModelConfig
+from gateway.config import ModelConfig, Route
 from policies.base import Balancer, PickContext, ReplicaView
 from policies.match import HeaderMatch, RouteMatch, RuleChain
 from policies.registry import make_balancer
@@ -54,12 +54,17 @@ class ModelRouter:
     """Routing for one model, compiled from its config."""
 
     def __init__(self, name: str, cfg: ModelConfig, default_balance: str = "round_robin",
-                 weight_override: Mapping[str, float] | None = None) -> None:
+                 weight_override: Mapping[str, float] | None = None,
+                 label_override: Mapping[str, int] | None = None) -> None:
         self.name = name
         self.cfg = cfg
-        self.labels: dict[str, int] = dict(cfg.labels)
+        self.labels: dict[str, int] = {**cfg.labels, **(label_override or {})}
         rules: list[tuple[RouteMatch, CompiledRoute]] = []
-        for route in cfg.routes:
+        routes = list(cfg.routes)
+        if weight_override and not any(r.match is None for r in routes):
+            # A rollout on a model with no catch-all route: the rollout's weights are the route.
+            routes.append(Route(split=dict(weight_override)))
+        for route in routes:
             split = dict(route.split)
             if weight_override and route.match is None:
                 split = {**split, **weight_override}

@@ -18,8 +18,6 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
-import aiohttp
-
 from gateway.replicas import ReplicaState
 from gateway.scaling import METRICS, ScaleController, ScaleDecision, Signals, SignalWindow, policy_from_mapping
 from gateway.tasks import spawn
@@ -130,29 +128,10 @@ class ScaleService:
                 prev = self._sent.get(pool)
                 self._sent[pool] = mark
                 if prev is not None:
-                    self.notify({"event": "scale", "pool": pool, **d.to_json()})
+                    self.gw.webhooks.notify({"event": "scale", "pool": pool, **d.to_json()})
 
     def to_json(self) -> dict[str, Any]:
         return {"pools": {p: d.to_json() for p, d in self.decisions.items()}}
-
-    def notify(self, payload: dict[str, Any]) -> None:
-        for hook in self.gw.runtime.cfg.webhooks:
-            spawn(self._post(hook.url, hook.timeout_s, payload), "webhook")
-
-    async def _post(self, url: str, timeout: float, payload: dict[str, Any]) -> None:
-        """POST with exponential backoff (0.5 s doubling, 6 tries); never touches traffic."""
-        delay = 0.5
-        for attempt in range(6):
-            try:
-                async with self.gw.health.session().post(
-                        url, json=payload, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
-                    if resp.status < 500:
-                        return
-            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-                log.debug("webhook %s attempt %d failed: %r", url, attempt + 1, exc)
-            await asyncio.sleep(delay)
-            delay *= 2
-        log.warning("webhook %s gave up after 6 attempts", url)
 
     def start(self) -> asyncio.Task[None]:
         return spawn(self._loop(), "scale-eval")
