@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import posixpath
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -9,7 +11,7 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from gateway.config import parse_config
+from gateway.config import ConfigError, GatewayConfig, parse_config
 from gateway.scaling import policy_from_mapping
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -18,6 +20,7 @@ K8S = DEPLOY / "k8s"
 KNOWN_KINDS = {
     ("v1", "Namespace"),
     ("v1", "ConfigMap"),
+    ("v1", "Secret"),
     ("v1", "Service"),
     ("v1", "PersistentVolumeClaim"),
     ("apps/v1", "Deployment"),
@@ -25,6 +28,7 @@ KNOWN_KINDS = {
     ("networking.k8s.io/v1", "NetworkPolicy"),
     ("autoscaling/v2", "HorizontalPodAutoscaler"),
     ("keda.sh/v1alpha1", "ScaledObject"),
+    ("keda.sh/v1alpha1", "TriggerAuthentication"),
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
 }
 WORKLOADS = ("Deployment", "StatefulSet")
@@ -78,6 +82,32 @@ def gateway_config() -> Obj:
     return doc
 
 
+def secret_value(secret: Obj, key: str) -> str:
+    if key in secret.get("stringData", {}):
+        value: str = secret["stringData"][key]
+        return value
+    return base64.b64decode(secret["data"][key]).decode()
+
+
+def admin_token() -> str:
+    return secret_value(find("Secret", "infergate-admin-token", "infergate"), "token")
+
+
+def parse_with_token_file(doc: Obj, source: str, tmp_path: Path, token: str) -> GatewayConfig:
+    """Validate `doc` with the gateway's own parser, its admin_token_file (a path inside the
+    container) replaced by a file here holding `token`: the parser checks that the file exists."""
+    assert doc.get("admin_token_file"), f"{source}: admin beyond loopback needs admin_token_file"
+    token_file = tmp_path / "admin-token"
+    token_file.write_text(token + "\n")
+    cfg = parse_config({**doc, "admin_token_file": str(token_file)}, source)
+    assert cfg.admin_secret() == token
+    return cfg
+
+
+def k8s_gateway_config(tmp_path: Path) -> GatewayConfig:
+    return parse_with_token_file(gateway_config(), "infergate-config/gateway.yaml", tmp_path, admin_token())
+
+
 def test_every_document_is_a_known_kind_with_name_and_namespace() -> None:
     assert len(OBJECTS) >= 12
     seen = set()
@@ -126,6 +156,8 @@ def test_volumes_probes_and_mounts_resolve() -> None:
             for v in volumes.values():
                 if "configMap" in v:
                     find("ConfigMap", v["configMap"]["name"], ns)
+                if "secret" in v:
+                    find("Secret", v["secret"]["secretName"], ns)
                 if "persistentVolumeClaim" in v:
                     find("PersistentVolumeClaim", v["persistentVolumeClaim"]["claimName"], ns)
             for c in spec["containers"]:
@@ -153,7 +185,7 @@ def test_statefulset_has_its_headless_service() -> None:
         assert flag in args and flag.rsplit("/", 1)[1] in cm["data"]
 
 
-def test_gateway_deployment_matches_its_config() -> None:
+def test_gateway_deployment_matches_its_config(tmp_path: Path) -> None:
     dep = find("Deployment", "infergate", "infergate")
     [c] = pod_containers(dep)
     assert c["args"] == ["run", "--config", "/etc/infergate/gateway.yaml"]
@@ -162,7 +194,7 @@ def test_gateway_deployment_matches_its_config() -> None:
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "admin"}
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
     assert ports == {"grpc": 8500, "rest": 8501, "admin": 9901}
-    cfg = parse_config(gateway_config(), "infergate-config/gateway.yaml")  # the gateway's own validator
+    cfg = k8s_gateway_config(tmp_path)  # the gateway's own validator
     assert cfg.listen.admin == "0.0.0.0:9901"  # probes from the kubelet cannot reach loopback
     assert cfg.listen.grpc is not None and cfg.listen.grpc.endswith(f":{ports['grpc']}")
     assert cfg.listen.rest is not None and cfg.listen.rest.endswith(f":{ports['rest']}")
@@ -170,8 +202,62 @@ def test_gateway_deployment_matches_its_config() -> None:
     assert grace > cfg.limits.drain_s
 
 
-def test_gateway_replicas_are_the_statefulset_pods() -> None:
-    cfg = parse_config(gateway_config(), "gateway.yaml")
+def test_gateway_config_needs_its_admin_token() -> None:
+    doc = gateway_config()
+    # As shipped the file is absent here, and without it the admin address is refused outright.
+    with pytest.raises(ConfigError, match="admin_token_file"):
+        parse_config(doc, "gateway.yaml")
+    without = {k: v for k, v in doc.items() if k != "admin_token_file"}
+    with pytest.raises(ConfigError, match="admin_token"):
+        parse_config(without, "gateway.yaml")
+
+
+def test_admin_token_secret_is_mounted_where_the_config_reads_it() -> None:
+    token_file = gateway_config()["admin_token_file"]
+    directory, key = posixpath.split(token_file)
+    dep = find("Deployment", "infergate", "infergate")
+    spec = dep["spec"]["template"]["spec"]
+    [c] = spec["containers"]
+    [mount] = [m for m in c["volumeMounts"] if m["mountPath"] == directory]
+    assert mount.get("readOnly") is True and "subPath" not in mount
+    [volume] = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    secret_vol = volume["secret"]
+    assert secret_vol["secretName"] == "infergate-admin-token"
+    assert secret_vol.get("optional") is not True  # no Secret: the pod waits, never runs open
+    if "items" in secret_vol:
+        [item] = [i for i in secret_vol["items"] if i["path"] == key]
+        key = item["key"]
+    secret = find("Secret", secret_vol["secretName"], "infergate")
+    assert key in {**secret.get("data", {}), **secret.get("stringData", {})}
+    # An empty token would mean no token; 16 is the gateway's floor for an inline one.
+    assert len(secret_value(secret, key).strip()) >= 16
+    # The container runs as a non-root user: it must be able to read the file.
+    mode = secret_vol.get("defaultMode", 0o644)
+    assert mode & 0o004 or (mode & 0o040 and spec["securityContext"].get("fsGroup"))
+    # Nested inside the ConfigMap's read-only mount, the mount point would have to be made there.
+    others = [m["mountPath"] for m in c["volumeMounts"] if m is not mount]
+    assert not any(directory.startswith(o.rstrip("/") + "/") for o in others)
+
+
+def test_keda_authenticates_with_the_same_secret() -> None:
+    so = find("ScaledObject", "tfserving", "infergate")
+    triggers = {t["type"]: t for t in so["spec"]["triggers"]}
+    api = triggers["metrics-api"]
+    assert api["metadata"]["authMode"] == "bearer"
+    auth = find("TriggerAuthentication", api["authenticationRef"]["name"], "infergate")
+    [ref] = auth["spec"]["secretTargetRef"]
+    assert ref["parameter"] == "token"  # what authMode bearer sends as "Authorization: Bearer"
+    dep = find("Deployment", "infergate", "infergate")
+    mounted = [v["secret"] for v in dep["spec"]["template"]["spec"]["volumes"] if "secret" in v]
+    assert [s["secretName"] for s in mounted] == [ref["name"]]
+    assert ref["key"] == posixpath.basename(gateway_config()["admin_token_file"])
+    find("Secret", ref["name"], "infergate")
+    # The prometheus trigger reads /metrics through Prometheus: no token involved.
+    assert "authenticationRef" not in triggers["prometheus"]
+
+
+def test_gateway_replicas_are_the_statefulset_pods(tmp_path: Path) -> None:
+    cfg = k8s_gateway_config(tmp_path)
     sts = find("StatefulSet", "tfserving", "infergate")
     hpa = find("HorizontalPodAutoscaler", "tfserving", "infergate")
     service = sts["spec"]["serviceName"]
@@ -243,7 +329,7 @@ def test_networkpolicy_guards_the_admin_port_of_the_gateway_pods() -> None:
     assert [p["port"] for p in admin_rule["ports"]] == [9901] and admin_rule["from"]
 
 
-def test_compose_services_and_gateway_config() -> None:
+def test_compose_services_and_gateway_config(tmp_path: Path) -> None:
     compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
     services = compose["services"]
     assert set(services) == {"gateway", "tfserving-a", "tfserving-b", "redis"}
@@ -258,7 +344,16 @@ def test_compose_services_and_gateway_config() -> None:
                 assert (DEPLOY / src).is_file(), (name, src)
                 mounted[dst] = DEPLOY / src
     cfg_path = mounted[gw["command"][gw["command"].index("--config") + 1]]
-    cfg = parse_config(yaml.safe_load(cfg_path.read_text()), str(cfg_path))
+    doc = yaml.safe_load(cfg_path.read_text())
+    # Admin on all container addresses (the host's port mapping needs it) takes a token, read from
+    # the compose secret that the gateway service mounts at /run/secrets/<name>.
+    [secret_name] = gw["secrets"]
+    assert doc["admin_token_file"] == f"/run/secrets/{secret_name}"
+    token_src = compose["secrets"][secret_name]["file"]
+    assert token_src.removesuffix("}").split(":-")[-1] == "./admin-token"  # ${VAR:-default}
+    ignored = (DEPLOY / ".gitignore").read_text().split()
+    assert "/admin-token" in ignored  # the host's token file never lands in the repository
+    cfg = parse_with_token_file(doc, str(cfg_path), tmp_path, "compose-token-0123456789")
     assert cfg.listen.admin == "0.0.0.0:9901"
     for r in cfg.replicas:
         assert r.rest is not None and r.rest.split(":")[0] in services
