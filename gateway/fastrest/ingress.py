@@ -16,15 +16,18 @@ from typing import TYPE_CHECKING
 from gateway.call import Answer, Call
 from gateway.errors import GatewayError, ShuttingDown, rest_error_body
 from gateway.fastrest.server import HttpRequest, Response
-from gateway.wire import RestRequest, parse_rest_path
+from gateway.wire import RestRequest, RestTarget, parse_rest_path
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
 
 log = logging.getLogger("infergate.rest")
 TIMEOUT_HEADER = "x-infergate-timeout-ms"
-_JSON = [("Content-Type", "application/json")]
-_NOT_FOUND: Response = (404, [("Content-Type", "text/plain; charset=utf-8")], b"Not Found")
+_JSON = b"Content-Type: application/json\r\n"
+_NOT_FOUND: Response = (404, b"Content-Type: text/plain; charset=utf-8\r\n", b"Not Found")
+# Memo sizes: paths and (replica, version, cache) triples are few in practice; the bound only
+# stops a client that varies them from growing memory (the memo is then simply cleared).
+_MEMO_MAX = 4096
 _KIND = {400: "BadRequest", 408: "RequestTimeout", 413: "PayloadTooLarge",
          431: "HeadTooLarge", 500: "internal"}
 
@@ -34,6 +37,35 @@ class NativeRestIngress:
 
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
+        self._targets: dict[tuple[str, str], RestTarget | None] = {}
+        self._tails: dict[tuple[str, int | None, str], bytes] = {}
+
+    def _target(self, method: str, path: str) -> RestTarget | None:
+        """parse_rest_path, memoised: a regex match per request showed up in profiles."""
+        key = (method, path)
+        try:
+            return self._targets[key]
+        except KeyError:
+            pass
+        target = parse_rest_path(method, path)  # may raise BadRequest; that is not memoised
+        if len(self._targets) >= _MEMO_MAX:
+            self._targets.clear()
+        self._targets[key] = target
+        return target
+
+    def encode_answer(self, a: Answer) -> Response:
+        key = (a.replica, a.version, a.cache)
+        tail = self._tails.get(key)
+        if tail is None:
+            if len(self._tails) >= _MEMO_MAX:
+                self._tails.clear()
+            version = "" if a.version is None else str(a.version)
+            tail = self._tails[key] = (f"x-infergate-replica: {a.replica}\r\n"
+                                       f"x-infergate-version: {version}\r\n"
+                                       f"x-infergate-cache: {a.cache}\r\n").encode("latin-1")
+        lines = "".join([f"{k}: {v}\r\n" for k, v in a.headers
+                         if not k.startswith("x-infergate-")]).encode("latin-1")
+        return a.status, lines + tail, a.body
 
     def reject(self, status: int, message: str) -> Response:
         self.gw.metrics.errors.labels("rest", _KIND.get(status, str(status))).inc()
@@ -51,7 +83,7 @@ class NativeRestIngress:
         try:
             if gw.draining:
                 raise ShuttingDown("The gateway is shutting down")
-            target = parse_rest_path(method, path)
+            target = self._target(method, path)
             deadline = None
             tmo = headers.get(TIMEOUT_HEADER)
             if tmo is not None:
@@ -72,16 +104,9 @@ class NativeRestIngress:
             gw.observe_call("rest", call.model if call else None, None, str(exc.http_status), t0)
             return error(exc.http_status, exc.message)
         gw.observe_call("rest", call.model, answer, str(answer.status), t0)
-        return encode_answer(answer)
+        return self.encode_answer(answer)
 
 
 def error(status: int, message: str) -> Response:
     return status, _JSON, rest_error_body(message)
 
-
-def encode_answer(a: Answer) -> Response:
-    headers = [(k, v) for k, v in a.headers if not k.startswith("x-infergate-")]
-    headers.append(("x-infergate-replica", a.replica))
-    headers.append(("x-infergate-version", "" if a.version is None else str(a.version)))
-    headers.append(("x-infergate-cache", a.cache))
-    return a.status, headers, a.body

@@ -43,7 +43,7 @@ class UpstreamConnection(asyncio.Protocol):
     """One TCP connection to a replica."""
 
     def __init__(self, relay: frozenset[str]) -> None:
-        self._relay = relay
+        self._relay = {k.encode("latin-1"): k for k in relay}
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
         self._waiter: asyncio.Future[UpstreamResponse] | None = None
@@ -97,11 +97,12 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_done = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        key = name.decode("latin-1").lower()
-        if key == "content-length" or key == "transfer-encoding":
+        key = name.lower()
+        if key == b"content-length" or key == b"transfer-encoding":
             self._delimited = True
-        if key in self._relay:
-            self._headers.append((key, value.decode("latin-1")))
+        relayed = self._relay.get(key)
+        if relayed is not None:
+            self._headers.append((relayed, value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         self._head_done = True

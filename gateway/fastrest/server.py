@@ -80,8 +80,8 @@ class HttpRequest:
         self.version = version
 
 
-# status, headers (names as they go on the wire), body
-Response = tuple[int, list[tuple[str, str]], bytes]
+# status, header lines ("Name: value\r\n" each; no Content-Length, no Connection), body
+Response = tuple[int, bytes, bytes]
 
 
 class RestApp(Protocol):
@@ -95,16 +95,18 @@ class RestApp(Protocol):
 _INLINE_BODY = 65536  # bodies up to this size go out in the same write as the head
 
 
-def encode_head(status: int, headers: list[tuple[str, str]], body_len: int, close: bool) -> bytes:
-    parts = [status_line(status)]
-    for k, v in headers:
-        parts.append(f"{k}: {v}\r\n".encode("latin-1"))
-    if status >= 200 and status not in (204, 304):
-        parts.append(b"Content-Length: %d\r\n" % body_len)
-    if close:
-        parts.append(b"Connection: close\r\n")
-    parts.append(b"\r\n")
-    return b"".join(parts)
+def header_lines(headers: list[tuple[str, str]]) -> bytes:
+    """Encode (name, value) pairs as header lines; values are latin-1, as they were parsed."""
+    return "".join([f"{k}: {v}\r\n" for k, v in headers]).encode("latin-1")
+
+
+def encode_head(status: int, lines: bytes, body_len: int, close: bool) -> bytes:
+    if status < 200 or status in (204, 304):
+        length = b""
+    else:
+        length = b"Content-Length: %d\r\n" % body_len
+    return b"".join((status_line(status), lines, length,
+                     b"Connection: close\r\n\r\n" if close else b"\r\n"))
 
 
 class HttpServerProtocol(asyncio.Protocol):
@@ -133,7 +135,6 @@ class HttpServerProtocol(asyncio.Protocol):
         self._closing = False
         self._write_paused = False
         self._read_paused = False
-        self._eof = False
         # slow-client watchdog: `_progress` is bumped by every useful event and compared per tick
         self._progress = 0
         self._seen_progress = -1
@@ -178,11 +179,10 @@ class HttpServerProtocol(asyncio.Protocol):
                 self._refuse(400, f"Malformed HTTP request: {exc}")
 
     def eof_received(self) -> bool:
-        # A half-closed client may still read: answer what was asked, then close.
-        self._eof = True
-        if self._active is None and not self._queue:
-            return False
-        return True
+        # As nginx does (proxy_ignore_client_abort off): a client that closes its side while a
+        # request is pending has gone away, and its upstream call is cancelled. Returning False
+        # closes the transport, which runs connection_lost.
+        return False
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -285,12 +285,10 @@ class HttpServerProtocol(asyncio.Protocol):
         if self._queue:
             self._start(self._queue.popleft())
             self._set_reading()
-        elif self._eof:
-            self._close()
         else:
             self._maybe_continue()
 
-    def _write(self, status: int, headers: list[tuple[str, str]], body: bytes, head_only: bool,
+    def _write(self, status: int, headers: bytes, body: bytes, head_only: bool,
                close: bool) -> None:
         t = self._transport
         if t is None:
