@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     from gateway.replicas import ReplicaState
 
+REPLICA_HEADER = "x-infergate-replica"
+
 # Methods a replica may execute more than once without harm: retried and hedged.
 IDEMPOTENT = frozenset({"predict", "classify", "regress", "multi_inference", "metadata", "status"})
 
@@ -50,6 +52,23 @@ class Answer:
     version: int | None = None
     cache: str = "miss"
     arm: str = ""  # the split arm that chose the target (for traffic stats and rollouts)
+
+    @classmethod
+    def from_cache(cls, status: int, body: bytes, headers: tuple[tuple[str, str], ...],
+                   version: int, arm: str) -> Answer:
+        """Replay a cached answer; the serving replica was stored as a pseudo-header."""
+        replica = ""
+        replay: list[tuple[str, str]] = []
+        for k, v in headers:
+            if k == REPLICA_HEADER:
+                replica = v
+            else:
+                replay.append((k, v))
+        return cls(status, body, replay, replica=replica, version=version, cache="hit", arm=arm)
+
+    def cache_headers(self) -> tuple[tuple[str, str], ...]:
+        """Headers to store with a cached copy (the replica kept as a pseudo-header)."""
+        return tuple(self.headers) + ((REPLICA_HEADER, self.replica),)
 
     def ok(self, protocol: str) -> bool:
         return self.status == 0 if protocol == "grpc" else 200 <= self.status < 300

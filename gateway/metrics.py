@@ -72,6 +72,19 @@ class Metrics:
         self.cache = Counter(
             "infergate_cache_requests_total", "Cache lookups by model and result.",
             ["model", "result"], registry=r)
+        self.similarity = Counter(
+            "infergate_similarity_requests_total", "Similarity-cache lookups by model and result.",
+            ["model", "result"], registry=r)
+        self.similarity_verified = Counter(
+            "infergate_similarity_verifications_total",
+            "Similarity hits re-checked against the model, by outcome.", ["model", "outcome"],
+            registry=r)
+        self.similarity_false_hit_rate = Gauge(
+            "infergate_similarity_false_hit_rate", "Measured false-hit rate of similarity hits.",
+            ["model"], registry=r)
+        self.similarity_threshold = Gauge(
+            "infergate_similarity_threshold", "Current cosine threshold (tightens on false hits).",
+            ["model"], registry=r)
         self.scale_desired = Gauge(
             "infergate_scale_desired_replicas", "Desired replicas per pool.", ["pool"], registry=r)
         self.scale_current = Gauge(

@@ -30,6 +30,7 @@ from gateway.errors import (
 from gateway.replicas import ReplicaState
 from gateway.routing import ModelRouter
 from gateway.shadow import Shadower
+from gateway.similarity_cache import SimilarityCaches
 from policies.base import PickContext
 
 if TYPE_CHECKING:
@@ -44,19 +45,7 @@ BASE_EJECTION_S = 30.0
 MAX_EJECTION_S = 300.0
 
 CACHEABLE = frozenset({"predict", "classify", "regress", "multi_inference"})
-REPLICA_HEADER = "x-infergate-replica"
 DEADLINE_CODE = 4  # grpc.StatusCode.DEADLINE_EXCEEDED
-
-
-def _from_entry(entry: Entry, version: int) -> Answer:
-    replica = ""
-    headers: list[tuple[str, str]] = []
-    for k, v in entry.headers:
-        if k == REPLICA_HEADER:
-            replica = v
-        else:
-            headers.append((k, v))
-    return Answer(entry.status, entry.body, headers, replica=replica, version=version, cache="hit")
 
 
 class Pipeline:
@@ -66,6 +55,7 @@ class Pipeline:
         self._rr = 0
         self._p95: dict[str, tuple[float, float]] = {}
         self.shadower = Shadower(self)
+        self.similarity = SimilarityCaches(self)
 
     async def handle(self, call: Call, fwd: Forwarder) -> Answer:
         gw = self.gw
@@ -97,14 +87,22 @@ class Pipeline:
             gw.metrics.sticky_fallback.labels(model).inc()
         ctx = PickContext(self.rng, now, key)
         ranked: list[ReplicaState] = router.rank(candidates, ctx)  # type: ignore[assignment]
-        cache = gw.caches.get(model)
-        if cache is None or version is None or call.method not in CACHEABLE:
-            answer = await self._send(call, fwd, ranked, version, arm, now)
+        sim = router.cfg.cache.similarity if router.cfg.cache else None
+        if sim is not None and version is not None:
+            answer = await self.similarity.handle(call, fwd, ranked, version, arm, now, sim)
         else:
-            answer = await self._cached(cache, call, fwd, ranked, version, arm, now)
+            answer = await self.send_cached(call, fwd, ranked, version, arm, now)
         if router.cfg.shadow is not None or router.cfg.rollout is not None:
             self.shadower.maybe_mirror(call, fwd, answer, router)
         return answer
+
+    async def send_cached(self, call: Call, fwd: Forwarder, ranked: list[ReplicaState],
+                          version: int | None, arm: str, now: float) -> Answer:
+        """Through the model's exact-match cache when it has one, else straight upstream."""
+        cache = self.gw.caches.get(call.model or "")
+        if cache is None or version is None or call.method not in CACHEABLE:
+            return await self._send(call, fwd, ranked, version, arm, now)
+        return await self._cached(cache, call, fwd, ranked, version, arm, now)
 
     async def _cached(self, cache: PredictionCache, call: Call, fwd: Forwarder,
                       ranked: list[ReplicaState], version: int, arm: str, now: float) -> Answer:
@@ -119,9 +117,7 @@ class Pipeline:
             entry = await cache.lookup(key)
             if entry is not None:
                 m.labels(model, "hit").inc()
-                hit = _from_entry(entry, version)
-                hit.arm = arm
-                return hit
+                return Answer.from_cache(entry.status, entry.body, entry.headers, version, arm)
         else:
             m.labels(model, "bypass").inc()
 
@@ -131,8 +127,7 @@ class Pipeline:
         answer, shared = await cache.coalesce(key, upstream)
         m.labels(model, "coalesced" if shared else "miss").inc()
         if not shared and answer.ok(call.protocol):
-            headers = tuple(answer.headers) + ((REPLICA_HEADER, answer.replica),)
-            if not cache.store(key, Entry(answer.status, answer.body, headers)):
+            if not cache.store(key, Entry(answer.status, answer.body, answer.cache_headers())):
                 m.labels(model, "not_stored").inc()
         return answer
 
