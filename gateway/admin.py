@@ -120,7 +120,8 @@ async def cache(request: web.Request) -> web.Response:
 
 
 # Reachable without the bearer token: orchestrator probes and Prometheus scrapes.
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+# The dashboard page itself holds no data: it asks for the token and sends it with its API calls.
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/"})
 
 
 def _token_guard(token: str) -> Any:

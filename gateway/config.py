@@ -329,8 +329,14 @@ class GatewayConfig(_Frozen):
                 self.admin_token or self.admin_token_file):
             raise ValueError("listen.admin: an admin address beyond loopback needs admin_token or "
                              "admin_token_file")
-        if self.admin_token_file and not Path(self.admin_token_file).is_file():
-            raise ValueError(f"admin_token_file: no such file: {self.admin_token_file}")
+        if self.admin_token_file:
+            try:
+                secret = Path(self.admin_token_file).read_text(encoding="utf-8").strip()
+            except OSError as exc:
+                raise ValueError(f"admin_token_file: cannot read {self.admin_token_file}: "
+                                 f"{exc.strerror}") from None
+            if len(secret) < 16:
+                raise ValueError("admin_token_file: the token must hold at least 16 characters")
         names = [r.name for r in self.replicas]
         dupes = {n for n in names if names.count(n) > 1}
         if dupes:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import urllib.error
 import urllib.parse
@@ -29,11 +30,12 @@ class CliError(Exception):
 
 
 def _request(url: str, method: str = "GET", body: dict[str, Any] | None = None,
-             timeout_s: float = 5.0) -> dict[str, Any]:
+             timeout_s: float = 5.0, token: str | None = None) -> dict[str, Any]:
     data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, method=method,
-                                 headers={"Content-Type": "application/json",
-                                          "Accept": "application/json"})
+    headers = {"Content-Type": "application/json", "Accept": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    req = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout_s) as resp:
             raw = resp.read()
@@ -109,15 +111,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", help="why (recorded in the rollout's history)")
     p.add_argument("--json", action="store_true", help="print the raw JSON answer")
     p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the gateway")
+    p.add_argument("--token-file", default=None,
+                   help="file holding the admin bearer token (default: $INFERGATE_ADMIN_TOKEN)")
     return p
 
 
+def _token(args: argparse.Namespace) -> str | None:
+    if args.token_file:
+        try:
+            return open(args.token_file, encoding="utf-8").read().strip() or None
+        except OSError as exc:
+            raise CliError(f"cannot read --token-file {args.token_file}: {exc.strerror}", 2) from None
+    return os.environ.get("INFERGATE_ADMIN_TOKEN") or None
+
+
 def run(args: argparse.Namespace) -> int:
+    token = _token(args)
     base = args.admin.rstrip("/")
     if "://" not in base:
         base = "http://" + base
     if args.action == "status":
-        doc = _request(f"{base}/api/rollouts", timeout_s=args.timeout)
+        doc = _request(f"{base}/api/rollouts", timeout_s=args.timeout, token=token)
         rollouts = doc.get("rollouts")
         if not isinstance(rollouts, dict):
             raise CliError(f"GET {base}/api/rollouts: no 'rollouts' in the answer", 2)
@@ -138,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"{args.action} needs a MODEL", 1)
     url = f"{base}/api/rollouts/{urllib.parse.quote(args.model, safe='')}/{args.action}"
     body = {"reason": args.reason} if args.reason else {}
-    doc = _request(url, "POST", body, timeout_s=args.timeout)
+    doc = _request(url, "POST", body, timeout_s=args.timeout, token=token)
     print(json.dumps(doc, indent=2, sort_keys=True) if args.json else summary(args.model, doc))
     return 0
 
