@@ -20,8 +20,8 @@ import os
 import signal
 import ssl
 import time
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -42,8 +42,8 @@ from gateway.rollout_manager import RolloutManager
 from gateway.rollout_state import make_store
 from gateway.routing import ModelRouter, default_router
 from gateway.scale_service import ScaleService
-from gateway.traffic import TrafficStats
 from gateway.tasks import cancel_all, spawn
+from gateway.traffic import TrafficStats
 from gateway.upstream import GrpcForwarder, RestForwarder
 from gateway.webhooks import Webhooks
 
@@ -59,8 +59,8 @@ class Runtime:
                  overrides: Overrides | None = None) -> None:
         self.cfg = cfg
         self.overrides = overrides
-        self.replicas = ReplicaSet(cfg.replicas, cfg.health.metrics_stale_s,
-                                   previous.replicas if previous else None)
+        self.replicas: ReplicaSet = ReplicaSet(cfg.replicas, cfg.health.metrics_stale_s,
+                                               previous.replicas if previous else None)
         self.routers: dict[str, ModelRouter] = {name: self.build_router(name) for name in cfg.models}
         self.admission_limit = (cfg.limits.max_in_flight_per_replica * max(1, len(cfg.replicas))
                                 + cfg.limits.max_queue)
@@ -246,7 +246,7 @@ class Gateway:
         loop = asyncio.get_running_loop()
         try:
             await asyncio.wait_for(self.health.probe_all(), cfg.health.timeout_s * 2 + 1)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             log.warning("first health round did not finish in time; serving anyway")
         await self.rollouts.restore()
         self.runtime.routers = {n: self.runtime.build_router(n) for n in cfg.models}
@@ -282,9 +282,11 @@ class Gateway:
             await self._admin_runner.setup()
             site = web.TCPSite(self._admin_runner, host, port)
             await site.start()
-            server = site._server
-            if isinstance(server, asyncio.base_events.Server):
-                self.bound["admin"] = server.sockets[0].getsockname()[1]
+            admin_server = site._server
+            if isinstance(admin_server, asyncio.AbstractServer):
+                sockets = getattr(admin_server, "sockets", None) or []
+                if sockets:
+                    self.bound["admin"] = sockets[0].getsockname()[1]
         if self.config_path is not None:
             self._tasks.append(spawn(self._watch_config(), "config-watch"))
         self.ready_at = time.monotonic()

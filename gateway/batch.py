@@ -85,7 +85,7 @@ async def run_batch(url: str, lines: list[str], concurrency: int, retries: int,
                         raw = await resp.read()
                         status = resp.status
                         cache = resp.headers.get("x-infergate-cache", "")
-                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, aiohttp.ClientError) as exc:
                     status, raw, cache = 0, json.dumps({"error": str(exc)}).encode(), ""
                 if status in RETRY_STATUSES or status == 0:
                     if attempt < retries:

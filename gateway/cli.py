@@ -49,11 +49,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         import uvloop
 
-        runner = uvloop.run
+        uvloop.install()  # uvloop's event loop for every asyncio.run below
     except ImportError:
-        runner = asyncio.run
+        pass
     try:
-        return runner(run_gateway(cfg, Path(args.config)))
+        return asyncio.run(run_gateway(cfg, Path(args.config)))
     except OSError as exc:
         print(f"infergate: cannot start: {exc}", file=sys.stderr)
         return 2

@@ -251,7 +251,7 @@ class Pipeline:
                     raise DeadlineExceeded("Deadline Exceeded while queued")
                 try:
                     await asyncio.wait_for(gw.slot_freed.wait(), remaining)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     continue
                 open_ = [r for r in ranked if r.in_flight < cap]
                 if open_:

@@ -19,7 +19,14 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from gateway.replicas import ReplicaState
-from gateway.scaling import METRICS, ScaleController, ScaleDecision, Signals, SignalWindow, policy_from_mapping
+from gateway.scaling import (
+    METRICS,
+    ScaleController,
+    ScaleDecision,
+    Signals,
+    SignalWindow,
+    policy_from_mapping,
+)
 from gateway.tasks import spawn
 
 if TYPE_CHECKING:

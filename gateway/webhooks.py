@@ -38,7 +38,7 @@ class Webhooks:
                         url, json=payload, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
                     if resp.status < 500:
                         return
-            except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 log.debug("webhook %s attempt %d failed: %r", url, attempt + 1, exc)
             await asyncio.sleep(delay)
             delay *= 2
