@@ -51,7 +51,7 @@ SERVER_OPTIONS = [
 ]
 
 
-def _deadline(context: grpc.aio.ServicerContext) -> float | None:
+def _deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
     remaining = context.time_remaining()
     if remaining is None:
         return None
@@ -82,7 +82,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer): 
         self,
         api: str,
         spec: model_pb2.ModelSpec | None,
-        context: grpc.aio.ServicerContext,
+        context: grpc.aio.ServicerContext[Any, Any],
         fn: Callable[[Servable], Any],
         *,
         tf_metrics: bool = True,

@@ -44,12 +44,15 @@ from replica.servable import Servable
 
 log = logging.getLogger("replica.rest")
 
-_API_PATH = re.compile(r"(?i)/v1/.*")
+# re.ASCII: RE2's \d and case folding are ASCII-only.
+_API_PATH = re.compile(r"(?i)/v1/.*", re.ASCII)
 _PREDICT_PATH = re.compile(
-    r"(?i)/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)"
+    r"(?i)/v1/models/([^/:]+)(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?:(classify|regress|predict)",
+    re.ASCII,
 )
 _STATUS_PATH = re.compile(
-    r"(?i)/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?"
+    r"(?i)/v1/models(?:/([^/:]+))?(?:(?:/versions/(\d+))|(?:/labels/([^/:]+)))?(?:/(metadata))?",
+    re.ASCII,
 )
 _MAX_GZIP_BYTES = 100 * 1024 * 1024
 _INT64_MAX = 2**63 - 1
