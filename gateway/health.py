@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import sys
 import time
 from typing import TYPE_CHECKING
 
@@ -78,12 +79,23 @@ def status_request_proto(model: str) -> bytes:
     return b"\x0a" + encode_varint(len(spec)) + spec
 
 
+# The range a sample must lie in to be used; one outside it is dropped like NaN. A negative
+# utilisation would otherwise read as idle and draw every call, +Inf as saturated forever.
+_SAMPLE_BOUNDS: dict[str, tuple[float, float]] = {
+    "DCGM_FI_DEV_GPU_UTIL": (0.0, 100.0),  # percent
+    "DCGM_FI_DEV_FB_USED": (0.0, sys.float_info.max),  # MiB, finite
+    "DCGM_FI_DEV_FB_FREE": (0.0, sys.float_info.max),
+    "infergate_agent_cpu_util": (0.0, 1.0),
+}
+
+
 def parse_load_metrics(text: str) -> tuple[float | None, float | None, float | None]:
     """(gpu_util 0..1, gpu_mem_frac 0..1, cpu_util 0..1) from Prometheus text exposition.
 
     Reads dcgm-exporter's names (DCGM_FI_DEV_GPU_UTIL in percent, DCGM_FI_DEV_FB_USED/FREE in
-    MiB; averaged over GPUs) and the agent's infergate_agent_cpu_util. Raises ValueError when the
-    text is not Prometheus exposition at all.
+    MiB; averaged over GPUs) and the agent's infergate_agent_cpu_util. A NaN or out-of-range sample
+    is left out, so a reading made only of such samples is unknown (None). Raises ValueError when
+    the text is not Prometheus exposition at all.
     """
     util: list[float] = []
     used: list[float] = []
@@ -107,6 +119,9 @@ def parse_load_metrics(text: str) -> tuple[float | None, float | None, float | N
         parsed += 1
         if math.isnan(value):
             continue
+        bounds = _SAMPLE_BOUNDS.get(name)
+        if bounds is not None and not bounds[0] <= value <= bounds[1]:
+            continue  # out of range (negative, +Inf, 250 %): as unusable as NaN, not idle or full
         if name == "DCGM_FI_DEV_GPU_UTIL":
             util.append(value / 100.0)
         elif name == "DCGM_FI_DEV_FB_USED":
@@ -166,7 +181,7 @@ class HealthChecker:
                     if resp.status != 200:
                         raise ProbeError(f"status {resp.status}")
                     return parse_status_json(body)
-            except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError, KeyError) as exc:
+            except (TimeoutError, aiohttp.ClientError, OSError, ValueError, KeyError) as exc:
                 raise ProbeError(repr(exc)) from None
         assert r.cfg.grpc is not None
         stub = self.gw.grpc_fwd.channel(r.cfg.grpc).unary_unary(
@@ -278,7 +293,7 @@ class HealthChecker:
                     raise ValueError(f"status {resp.status}")
                 text = (await resp.read()).decode("utf-8", "replace")
             gpu, mem, cpu = parse_load_metrics(text)
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError) as exc:
+        except (TimeoutError, aiohttp.ClientError, OSError, ValueError) as exc:
             self.gw.metrics.scrape_failures.labels(r.name).inc()
             r.gpu.ok = False
             log.debug("metrics scrape of %s failed: %r", r.name, exc)
@@ -291,5 +306,10 @@ class HealthChecker:
     async def _scrape_loop(self) -> None:
         while True:
             reps = self.gw.runtime.replicas
-            await asyncio.gather(*(self.scrape(r) for r in reps.all))
+            try:
+                await asyncio.gather(*(self.scrape(r) for r in reps.all))
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # as in _probe_loop: one bad round must not end scraping for good
+                log.exception("metrics scrape round failed")
             await asyncio.sleep(self.gw.runtime.cfg.health.metrics_interval_s)
