@@ -90,6 +90,7 @@ class Gateway:
     def __init__(self, cfg: GatewayConfig, config_path: Path | None = None) -> None:
         self.config_path = config_path
         self.metrics = Metrics()
+        self.metrics.config_ok.set(1)  # the config the process started with is valid
         self.rollouts = RolloutManager(make_store(cfg.cache.store, cfg.state_file),
                                        on_change=self._on_rollout_change, metrics=self.metrics)
         self.rollouts.configure(cfg.models)
