@@ -72,23 +72,37 @@ def build_parser() -> argparse.ArgumentParser:
     val.add_argument("file")
     val.set_defaults(fn=cmd_validate)
 
-    for name, module, help_ in [
-        ("replica", "replica.server", "a TF-Serving-compatible replica for SavedModels on disk"),
-        ("make-test-models", "replica.testmodels", "write the test SavedModels into DIR"),
-        ("agent", "gateway.agent", "serve this node's GPU (NVML) and CPU load as Prometheus text"),
-        ("demo", "gateway.demo", "local replicas, a gateway and sample traffic"),
-        ("rollout", "gateway.rollout_cli", "status|pause|resume|promote|abort MODEL"),
-        ("batch", "gateway.batch", "send a JSONL file of instances through the gateway"),
-        ("scale", "gateway.scale_sim", "scale simulate --trace FILE"),
-    ]:
+    for name, module, help_ in PASSTHROUGH:
         sp = sub.add_parser(name, help=help_, add_help=False)
         sp.add_argument("rest", nargs=argparse.REMAINDER)
         sp.set_defaults(fn=None, module=module)
     return p
 
 
+# Subcommands that own their arguments: everything after the name goes to their own parser.
+PASSTHROUGH = [
+    ("replica", "replica.server", "a TF-Serving-compatible replica for SavedModels on disk"),
+    ("make-test-models", "replica.testmodels", "write the test SavedModels into DIR"),
+    ("agent", "gateway.agent", "serve this node's GPU (NVML) and CPU load as Prometheus text"),
+    ("demo", "gateway.demo", "local replicas, a gateway and sample traffic"),
+    ("rollout", "gateway.rollout_cli", "status|pause|resume|promote|abort MODEL"),
+    ("batch", "gateway.batch", "send a JSONL file of instances through the gateway"),
+    ("scale", "gateway.scale_sim", "scale simulate --trace FILE"),
+]
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    level = "INFO"
+    if len(argv) >= 2 and argv[0] == "--log-level":
+        level, argv = argv[1], argv[2:]
+    modules = {name: module for name, module, _ in PASSTHROUGH}
+    if argv and argv[0] in modules:
+        logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return _passthrough(modules[argv[0]], argv[1:])
+    if level != "INFO":
+        argv = ["--log-level", level, *argv]
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.INFO),

@@ -91,6 +91,13 @@ class Fleet:
                 p.wait()
 
 
+def _compact(raw: bytes) -> str:
+    try:
+        return json.dumps(json.loads(raw))
+    except ValueError:
+        return raw.decode(errors="replace").strip()
+
+
 def _traffic(rest: str) -> None:
     body = {"instances": [1.0, 2.0, 5.0]}
     by_version: collections.Counter[str] = collections.Counter()
@@ -109,21 +116,22 @@ def _traffic(rest: str) -> None:
     print(f"\n{n} REST predictions through the gateway, split stable 90 / canary 10 by x-user-id:")
     for v, c in sorted(by_version.items()):
         status, _, out = _http("POST", f"{rest}/v1/models/half_plus_two/versions/{v}:predict", body)
-        print(f"  version {v}: {c:4d} calls  ({out.decode().strip()})")
-    print("  by replica: " + ", ".join(f"{r}={c}" for r, c in sorted(by_replica.items())))
+        print(f"  version {v}: {c:4d} calls  ({_compact(out)})")
+    print("  by replica: " + ", ".join(f"{r}={c}" for r, c in sorted(by_replica.items()))
+          + "   (least_loaded: replica-0 reports 35 % GPU, replica-1 60 %)")
     print(f"  latency p50 {lat[n // 2] * 1000:.1f} ms, p99 {lat[int(n * 0.99)] * 1000:.1f} ms")
     _, h, out = _http("POST", f"{rest}/v1/models/half_plus_two:predict", body,
                       {"x-canary": "always"})
     print(f"\nheader rule x-canary: always -> version {h.get('x-infergate-version')}: "
-          f"{out.decode().strip()}")
+          f"{_compact(out)}")
     _, h, out = _http("POST", f"{rest}/v1/models/half_plus_two/labels/stable:predict", body)
     print(f"label 'stable' (gateway-side) -> version {h.get('x-infergate-version')}: "
-          f"{out.decode().strip()}")
+          f"{_compact(out)}")
     pinned = {(_http("POST", f"{rest}/v1/models/half_plus_two:predict", body,
                      {"x-session-id": "session-42"})[1].get("x-infergate-replica")) for _ in range(20)}
     print(f"sticky x-session-id: session-42 -> {sorted(str(p) for p in pinned)} over 20 calls")
     status, _, out = _http("POST", f"{rest}/v1/models/no_such_model:predict", body)
-    print(f"unknown model -> {status} {out.decode().strip()}")
+    print(f"unknown model -> {status} {_compact(out)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -142,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"writing test SavedModels into {models} ...", flush=True)
             subprocess.run([py, "-m", "gateway.cli", "make-test-models", str(models)], check=True,
                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
-                           stdout=subprocess.DEVNULL)
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         model_config = workdir / "models.config"
         model_config.write_text(
             'model_config_list {\n  config {\n    name: "half_plus_two"\n'
