@@ -7,7 +7,9 @@ the rollout can judge prediction agreement, not only errors and latency.
 What must always hold: the client never waits for, nor sees, a shadow answer (mirroring starts
 after the client's answer exists and runs as a background task); a shadow call is skipped when
 every eligible replica of its target is busy (at half its in-flight cap or more); a shadow failure
-is counted, never raised.
+is counted, never raised. A failed mirrored call is not an agreement sample: there is no answer
+to compare, and the rollout's error-rate check already judges the canary's failures (counting
+them twice would roll a failing canary back as "disagreeing").
 """
 
 from __future__ import annotations
@@ -81,14 +83,11 @@ class Shadower:
         except GatewayError as exc:
             m.labels(model, "error").inc()
             log.debug("shadow call to %s failed: %s", target, exc)
-            if for_rollout:
-                gw.rollouts.observe_agreement(model, False)
             return
         if not shadow.ok(call.protocol):
             m.labels(model, "error").inc()
-            agreed = False
-        else:
-            agreed = compare_predictions(answer.body, shadow.body, call.protocol, method=call.method)
-            m.labels(model, "agree" if agreed else "disagree").inc()
+            return
+        agreed = compare_predictions(answer.body, shadow.body, call.protocol, method=call.method)
+        m.labels(model, "agree" if agreed else "disagree").inc()
         if for_rollout:
             gw.rollouts.observe_agreement(model, agreed)
