@@ -102,6 +102,6 @@ class SimilarityCaches:
         idx.record_verification(agreed)
         m = p.gw.metrics
         m.similarity_verified.labels(model, "agree" if agreed else "false_hit").inc()
-        m.similarity_false_hit_rate.labels(model).set(idx.false_hit_rate)
+        m.similarity_false_hit_rate.labels(model).set(idx.measured_false_hit_rate)
         m.similarity_threshold.labels(model).set(idx.threshold)
 

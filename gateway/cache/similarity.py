@@ -100,6 +100,9 @@ class SimilarityIndex:
         self._count = 0
         self._next = 0
         self._window: deque[bool] = deque(maxlen=verify_window)  # True = a false hit
+        #: The window's false-hit rate as of the latest re-check, taken before a tightening
+        #: restarts the window: what to report, so the figure that tripped is what is seen.
+        self.measured_false_hit_rate = 0.0
         self.stats = SimilarityStats()
 
     def __len__(self) -> int:
@@ -160,6 +163,7 @@ class SimilarityIndex:
         if not agreed:
             self.stats.false_hits += 1
         self._window.append(not agreed)
+        self.measured_false_hit_rate = self.false_hit_rate
         if len(self._window) < self.min_verifications:
             return
         if self.false_hit_rate > self.target_false_hit_rate and self.threshold < self.max_threshold:
