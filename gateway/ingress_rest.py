@@ -53,16 +53,19 @@ class RestIngress:
         gw = self.gw
         t0 = time.monotonic()
         raw = request.raw_path
-        path, _, query = raw.partition("?")
+        path, has_query, query = raw.partition("?")
         if not path.lower().startswith("/v1/"):
-            return web.Response(status=404, text="Not Found")
+            return web.Response(status=404)  # TF Serving's plain, empty 404
         method = request.method
         call: Call | None = None
         try:
             if gw.draining:
                 raise ShuttingDown("The gateway is shutting down")
             body = await self._read_body(request, gw.runtime.cfg.limits.max_body_bytes)
-            target = parse_rest_path(method, path)
+            # TF Serving matches its API paths against the path *with* the query, so no model
+            # call carrying a query is routable there; such a request goes through unchanged
+            # and the replica gives its own answer.
+            target = None if has_query else parse_rest_path(method, path)
             headers = {k.lower(): v for k, v in request.headers.items()}
             deadline = None
             tmo = headers.get(TIMEOUT_HEADER)
@@ -71,7 +74,8 @@ class RestIngress:
                     deadline = t0 + max(0.0, float(tmo)) / 1000.0
                 except ValueError:
                     return _error(400, f"Invalid {TIMEOUT_HEADER} header: {tmo[:40]}")
-            extra = RestRequest(method, path, query, target)
+            extra = (RestRequest(method, path, query, target) if target is not None
+                     else RestRequest(method, raw, "", None))
             if target is None:
                 call = Call("rest", "other", None, None, None, "", headers, body, deadline, extra)
             else:
@@ -91,8 +95,10 @@ class RestIngress:
 
 
 def _error(status: int, message: str) -> web.Response:
+    """An answer of the gateway itself: no replica, no version, never from the cache."""
     return web.Response(status=status, body=rest_error_body(message),
-                        headers={"Content-Type": JSON})
+                        headers={"Content-Type": JSON, "x-infergate-replica": "",
+                                 "x-infergate-version": "", "x-infergate-cache": "miss"})
 
 
 def _answer(a: Answer) -> web.Response:

@@ -208,11 +208,15 @@ class RestTarget:
     verb: str  # "status" | "metadata" | "predict" | "classify" | "regress"
 
 
+# TF Serving matches its path regexes case-insensitively but then compares the verb and the
+# "metadata" part case-sensitively: ":PREDICT" is a malformed request and ".../METADATA" is a
+# status call. Hence the case-sensitive verb group and the exact comparison in parse_rest_path.
+# A trailing slash matches nothing there (400 Malformed request), so it is not routed here either.
 _GET = re.compile(
-    r"/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?(/metadata)?/?", re.IGNORECASE
+    r"/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?(?:/(metadata))?", re.IGNORECASE
 )
 _POST = re.compile(
-    r"/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?:(classify|regress|predict)",
+    r"/v1/models/([^/:]+)(?:/versions/(\d+)|/labels/([^/:]+))?:(?-i:(classify|regress|predict))",
     re.IGNORECASE,
 )
 
@@ -233,12 +237,12 @@ def parse_rest_path(method: str, path: str) -> RestTarget | None:
     if method == "GET":
         m = _GET.fullmatch(path)
         if m:
-            verb = "metadata" if m.group(4) else "status"
+            verb = "metadata" if m.group(4) == "metadata" else "status"
             return RestTarget(m.group(1), _int(m.group(2)), m.group(3), verb)
     elif method == "POST":
         m = _POST.fullmatch(path)
         if m:
-            return RestTarget(m.group(1), _int(m.group(2)), m.group(3), m.group(4).lower())
+            return RestTarget(m.group(1), _int(m.group(2)), m.group(3), m.group(4))
     return None
 
 
@@ -252,7 +256,13 @@ def _int(s: str | None) -> int | None:
 
 
 def rest_path_for(target: RestTarget, version: int | None) -> str:
-    """The REST path forwarded to a replica: the resolved version replaces any label."""
+    """The REST path forwarded to a replica: the resolved version replaces any label.
+
+    A status call keeps the path it came with: TF Serving's status ignores a label and lists
+    every version, so a label resolved to one version must not narrow the answer.
+    """
+    if target.verb == "status" and target.version is None:
+        version = None
     base = f"/v1/models/{target.model}"
     if version is not None:
         base += f"/versions/{version}"

@@ -124,9 +124,13 @@ def test_model_spec_merge_of_repeated_field() -> None:
 @pytest.mark.parametrize("method,path,expected", [
     ("GET", "/v1/models/m", RestTarget("m", None, None, "status")),
     ("GET", "/v1/models/m/versions/3", RestTarget("m", 3, None, "status")),
-    ("GET", "/V1/Models/m/labels/canary/METADATA", RestTarget("m", None, "canary", "metadata")),
+    ("GET", "/V1/Models/m/labels/canary/metadata", RestTarget("m", None, "canary", "metadata")),
+    # TF Serving compares "metadata" and the verb case-sensitively (after a case-blind match).
+    ("GET", "/v1/models/m/METADATA", RestTarget("m", None, None, "status")),
+    ("GET", "/v1/models/m/", None),
     ("POST", "/v1/models/m:predict", RestTarget("m", None, None, "predict")),
-    ("POST", "/v1/models/m/versions/2:Classify", RestTarget("m", 2, None, "classify")),
+    ("POST", "/v1/models/m/versions/2:classify", RestTarget("m", 2, None, "classify")),
+    ("POST", "/v1/models/m/versions/2:Classify", None),
     ("POST", "/v1/models/m/labels/stable:regress", RestTarget("m", None, "stable", "regress")),
     ("POST", "/v1/models/m", None),
     ("GET", "/v1/models/m:predict", None),
@@ -141,6 +145,9 @@ def test_rest_path_rewrite() -> None:
     assert rest_path_for(t, 4) == "/v1/models/m/versions/4:predict"
     assert rest_path_for(t, None) == "/v1/models/m/labels/canary:predict"
     assert rest_path_for(RestTarget("m", None, None, "metadata"), 1) == "/v1/models/m/versions/1/metadata"
+    # status lists every version whatever the label: a resolved label must not narrow it
+    assert rest_path_for(RestTarget("m", None, "canary", "status"), 2) == "/v1/models/m/labels/canary"
+    assert rest_path_for(RestTarget("m", 1, None, "status"), 1) == "/v1/models/m/versions/1"
 
 
 def test_huge_version_number_is_a_bad_request() -> None:
