@@ -6,8 +6,9 @@ be read, or a method this module does not route, is passed through to a replica 
 replica's own status is what the client sees.
 
 What must always hold: code, details and trailing metadata of a replica's error reach the client
-unchanged; the client's deadline is forwarded as the remaining time; initial metadata carries
-x-infergate-replica, x-infergate-version and x-infergate-cache.
+unchanged; the client's metadata reaches the replica as sent (binary values and repeated names
+included); the client's deadline is forwarded as the remaining time; initial metadata carries
+x-infergate-replica, x-infergate-version and x-infergate-cache, also on the gateway's own errors.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import grpc
 
 from gateway.call import Answer, Call
 from gateway.errors import CODE_BY_VALUE, GatewayError, ShuttingDown
+from gateway.upstream import GrpcMethod
 from gateway.wire import WireError, read_spec
 
 if TYPE_CHECKING:
@@ -41,6 +43,9 @@ METHODS: dict[str, str] = {
 }
 
 Handler = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
+
+# Initial metadata of an answer the gateway gives itself: no replica, no version, no cache.
+_OWN_ANSWER = (("x-infergate-replica", ""), ("x-infergate-version", ""), ("x-infergate-cache", "miss"))
 
 
 class GrpcIngress(grpc.GenericRpcHandler):
@@ -73,8 +78,9 @@ class GrpcIngress(grpc.GenericRpcHandler):
                 raise ShuttingDown("The gateway is shutting down")
             remaining = context.time_remaining()
             deadline = None if remaining is None else t0 + remaining
-            md = {k.lower(): v for k, v in (context.invocation_metadata() or ())
-                  if isinstance(v, str)}
+            received = tuple(context.invocation_metadata() or ())
+            md = {k.lower(): v for k, v in received if isinstance(v, str)}
+            rpc = GrpcMethod.of(path, received)
             spec = None
             if method not in ("other", "reload"):
                 try:
@@ -83,14 +89,15 @@ class GrpcIngress(grpc.GenericRpcHandler):
                     spec = None  # the replica answers a malformed request itself
             if spec is None or not spec.name:
                 call = Call("grpc", method if method == "reload" else "other", None, None, None, "",
-                            md, body, deadline, path)
+                            md, body, deadline, rpc)
             else:
                 call = Call("grpc", method, spec.name, spec.version, spec.label, spec.signature, md,
-                            body, deadline, path)
+                            body, deadline, rpc)
             answer = await gw.pipeline.handle(call, gw.grpc_fwd)
         except GatewayError as exc:
             gw.metrics.errors.labels("grpc", type(exc).__name__).inc()
             gw.observe_call("grpc", call.model if call else None, None, str(exc.code.value[0]), t0)
+            await context.send_initial_metadata(_OWN_ANSWER)
             await context.abort(exc.code, exc.message)
             raise AssertionError("unreachable") from None
         except grpc.aio.AbortError:
@@ -98,6 +105,7 @@ class GrpcIngress(grpc.GenericRpcHandler):
         except Exception:
             log.exception("unexpected error answering %s", path)
             gw.metrics.errors.labels("grpc", "internal").inc()
+            await context.send_initial_metadata(_OWN_ANSWER)
             await context.abort(grpc.StatusCode.INTERNAL, "Internal gateway error")
             raise AssertionError("unreachable") from None
         gw.observe_call("grpc", call.model, answer, str(answer.status), t0)

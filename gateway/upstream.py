@@ -37,6 +37,22 @@ _RELAY = ("content-type", "content-encoding")
 _GRPC_SKIP = frozenset({"user-agent", "grpc-timeout", "grpc-encoding", "grpc-accept-encoding",
                         "content-type", "te"})
 
+Metadata = tuple[tuple[str, str | bytes], ...]
+
+
+class GrpcMethod(str):
+    """A gRPC method path, as Call.extra holds it for gRPC, that also carries the caller's
+    metadata exactly as received. Call.headers keeps one text value per name (what routing
+    reads); a proxy must also forward binary (-bin) values and repeated names, in order."""
+
+    metadata: Metadata = ()
+
+    @classmethod
+    def of(cls, path: str, metadata: Metadata) -> GrpcMethod:
+        method = cls(path)
+        method.metadata = metadata
+        return method
+
 
 def _grpc_options(max_message: int) -> list[tuple[str, Any]]:
     return [
@@ -121,8 +137,9 @@ class GrpcForwarder:
         if version is not None and call.model is not None and call.method != "status":
             body = rewrite_version(body, version, multi=call.method == "multi_inference",
                                    model=call.model)
-        metadata = tuple((k, v) for k, v in call.headers.items()
-                         if k not in _GRPC_SKIP and not k.startswith(":"))
+        received: Any = getattr(call.extra, "metadata", None)
+        pairs = received if received is not None else call.headers.items()
+        metadata = tuple((k, v) for k, v in pairs if k not in _GRPC_SKIP and not k.startswith(":"))
         stub = self.channel(addr).unary_unary(rpc_path)
         rpc = stub(body, timeout=timeout, metadata=metadata)
         try:
