@@ -1,0 +1,187 @@
+"""The gRPC `Forwarder` on the native HTTP/2 client: a `Call` in, an `Answer` out, over one
+multiplexed connection per replica (more when the replica limits concurrent streams).
+
+Same contract as gateway.upstream.GrpcForwarder: the request bytes go through untouched except
+the ModelSpec version; the answer's code, details, initial and trailing metadata come back as
+the replica sent them (binary metadata as bytes, like grpcio); a connection-level failure is
+ReplicaUnavailable, a replica's own status is an Answer.
+
+What must always hold: a stream the replica did not process (above its GOAWAY's last stream
+id, or refused) is sent again on a fresh connection, so a replica's graceful restart loses no
+call; the deadline travels as grpc-timeout and is also enforced here (RST_STREAM CANCEL).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from gateway.call import Answer, Call
+from gateway.errors import DeadlineExceeded, ReplicaUnavailable
+from gateway.http2 import grpcwire as g
+from gateway.http2.client import (
+    BodyTooLarge,
+    ConnectionLost,
+    H2ClientPool,
+    StreamReset,
+    Unprocessed,
+)
+from gateway.http2.hpack import encode_field
+from gateway.http2.modelspec import GrpcPath, SpecMemo
+from gateway.http2.stream import H2Limits, Stream
+from gateway.replicas import ReplicaState
+
+# Call metadata the transport owns (never forwarded as metadata).
+_SKIP = frozenset({"user-agent", "grpc-timeout", "grpc-encoding", "grpc-accept-encoding",
+                   "content-type", "te", "content-length", "connection", "host",
+                   "keep-alive", "transfer-encoding", "upgrade", "proxy-connection"})
+# Answer headers that are transport, not metadata.
+_TRANSPORT = frozenset({"content-type", "grpc-encoding", "grpc-accept-encoding", "grpc-status",
+                        "grpc-message", "te"})
+_MAX_RESENDS = 3
+_MEMO_MAX = 1024
+
+
+class _Expired(Exception):
+    pass
+
+
+class NativeGrpcForwarder:
+    def __init__(self, max_message: int, limits: H2Limits | None = None,
+                 specs: SpecMemo | None = None) -> None:
+        self._max = max_message
+        self.specs = specs or SpecMemo()
+        # Upstream streams are ours; the replica's window decides how fast we send.
+        self.pool = H2ClientPool(limits or H2Limits(), max_message + 5)
+        self._enc = self.pool.encoder
+        self._prefix: dict[tuple[str, str], bytes] = {}
+
+    def _head(self, path: str, addr: str, timeout: float, headers: object) -> bytes:
+        key = (path, addr)
+        prefix = self._prefix.get(key)
+        if prefix is None:
+            if len(self._prefix) >= _MEMO_MAX:
+                self._prefix.clear()
+            prefix = self._prefix[key] = self._enc.encode([
+                (":method", "POST"), (":scheme", "http"), (":path", path), (":authority", addr),
+                ("content-type", "application/grpc"), ("te", "trailers")])
+        parts = [prefix, encode_field("grpc-timeout", g.encode_timeout(timeout))]
+        field = self._enc.field
+        for k, v in headers.items():  # type: ignore[attr-defined]
+            if k not in _SKIP and k[0] != ":":
+                parts.append(field(k, v))
+        return b"".join(parts)
+
+    async def send(self, call: Call, replica: ReplicaState, version: int | None,
+                   timeout: float) -> Answer:
+        addr = replica.cfg.grpc
+        if addr is None:
+            raise ReplicaUnavailable(f"replica {replica.name} has no gRPC address")
+        path: str = call.extra  # type: ignore[assignment]
+        body = call.body
+        if version is not None and call.model is not None and call.method != "status":
+            end = -1
+            if isinstance(path, GrpcPath) and path.body is body:
+                end = path.spec_end
+            body = self.specs.rewrite(body, end, version, call.method == "multi_inference",
+                                      call.model)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        message = g.frame_message(body)
+        for _ in range(_MAX_RESENDS):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise DeadlineExceeded("Deadline Exceeded")
+            conn = self.pool.ready(addr)
+            if conn is None:
+                try:
+                    conn = await self.pool.connection(addr)
+                except (OSError, TimeoutError) as exc:
+                    raise ReplicaUnavailable(
+                        f"replica {replica.name} unreachable: {type(exc).__name__}") from None
+            stream = conn.request(self._head(path, addr, remaining, call.headers), message)
+            waiter = stream.waiter
+            timer = loop.call_later(remaining, _expire, waiter)
+            try:
+                await waiter
+            except Unprocessed:
+                continue
+            except _Expired:
+                conn.cancel(stream)
+                raise DeadlineExceeded("Deadline Exceeded") from None
+            except asyncio.CancelledError:
+                conn.cancel(stream)
+                raise
+            except StreamReset as exc:
+                return Answer(g.RST_TO_GRPC.get(exc.code, g.INTERNAL), b"", [], (),
+                              f"Stream removed (code {exc.code})", replica=replica.name,
+                              version=version)
+            except ConnectionLost:
+                raise ReplicaUnavailable(f"replica {replica.name} dropped the connection") from None
+            except BodyTooLarge:
+                return Answer(g.RESOURCE_EXHAUSTED, b"", [], (),
+                              f"Received message larger than max ({self._max})",
+                              replica=replica.name, version=version)
+            finally:
+                timer.cancel()
+            return self._answer(stream, replica.name, version)
+        raise ReplicaUnavailable(f"replica {replica.name} kept refusing the call")
+
+    def _answer(self, stream: Stream, replica: str, version: int | None) -> Answer:
+        headers, trailers = stream.headers, stream.trailers
+        status = ""
+        encoding = None
+        initial: list[tuple[str, str]] = []
+        for k, v in headers:
+            if k[0] == ":":
+                if k == ":status":
+                    status = v
+            elif k == "grpc-encoding":
+                encoding = v
+            elif k not in _TRANSPORT:
+                initial.append((k, v))
+        trailers_only = any(k == ":status" for k, _ in trailers)  # pseudo: not a trailer
+        if status != "200":
+            code = g.HTTP_TO_GRPC.get(int(status) if status.isdigit() else 0, g.UNKNOWN)
+            return Answer(code, b"", [] if trailers_only else initial, (),
+                          f"Received http2 header with status: {status}", replica=replica,
+                          version=version)
+        code_s = None
+        details = ""
+        trailing: list[tuple[str, str | bytes]] = []
+        for k, v in trailers:
+            if k == "grpc-status":
+                code_s = v
+            elif k == "grpc-message":
+                details = g.percent_decode(v)
+            elif k[0] == ":" or k in _TRANSPORT:
+                continue
+            elif k.endswith("-bin"):
+                trailing.append((k, g.decode_bin(v)))
+            else:
+                trailing.append((k, v))
+        if code_s is None or not code_s.isdigit():
+            return Answer(g.UNKNOWN, b"", initial, tuple(trailing), "missing grpc-status",
+                          replica=replica, version=version)
+        code = int(code_s)
+        if trailers_only:
+            initial = []
+        if code != 0:
+            return Answer(code, b"", initial, tuple(trailing), details, replica=replica,
+                          version=version)
+        try:
+            body = g.unframe(stream.body(), encoding, self._max)
+        except g.MessageError as exc:
+            return Answer(exc.code, b"", initial, tuple(trailing), str(exc), replica=replica,
+                          version=version)
+        return Answer(0, body, initial, tuple(trailing), replica=replica, version=version)
+
+    def retryable(self, answer: Answer) -> bool:
+        return answer.status == g.UNAVAILABLE
+
+    async def close(self) -> None:
+        self.pool.close()
+
+
+def _expire(waiter: asyncio.Future[Stream]) -> None:
+    if not waiter.done():
+        waiter.set_exception(_Expired())

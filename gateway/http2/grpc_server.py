@@ -1,0 +1,189 @@
+"""The TF Serving gRPC surface on the native HTTP/2 server: streams in, `Call`s to the pipeline,
+answers out. The same contract as gateway.ingress_grpc (the grpc.aio one), call for call.
+
+What must always hold: a replica's code, details and trailing metadata reach the client
+unchanged; the client's grpc-timeout bounds the call; initial metadata carries
+x-infergate-replica, x-infergate-version and x-infergate-cache; an error the gateway answers
+itself is a trailers-only answer with the code of the error table; a method outside
+/tensorflow.serving. is UNIMPLEMENTED, as a TF Serving server answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from gateway.call import Answer, Call
+from gateway.errors import GatewayError, ShuttingDown
+from gateway.http2 import grpcwire as gw_
+from gateway.http2.hpack import HpackEncoder, encode_field
+from gateway.http2.modelspec import GrpcPath, SpecMemo
+from gateway.http2.server import H2ServerConnection
+from gateway.http2.stream import Stream
+from gateway.tasks import spawn
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+log = logging.getLogger("infergate.grpc")
+
+PREDICTION = "/tensorflow.serving.PredictionService/"
+MODEL = "/tensorflow.serving.ModelService/"
+METHODS: dict[str, str] = {
+    PREDICTION + "Predict": "predict",
+    PREDICTION + "Classify": "classify",
+    PREDICTION + "Regress": "regress",
+    PREDICTION + "MultiInference": "multi_inference",
+    PREDICTION + "GetModelMetadata": "metadata",
+    MODEL + "GetModelStatus": "status",
+    MODEL + "HandleReloadConfigRequest": "reload",
+}
+# Request headers that are transport, not call metadata.
+_RESERVED = frozenset({"content-type", "te", "grpc-timeout", "grpc-encoding",
+                       "grpc-accept-encoding", "content-length", "connection", "host"})
+# Answer metadata never replayed as ours.
+_NOT_RELAYED = frozenset({"content-type", "content-length", "grpc-encoding",
+                          "grpc-accept-encoding", "grpc-status", "grpc-message", "te"})
+_MEMO_MAX = 4096
+
+
+class NativeGrpcIngress:
+    """An `H2App`: answers the streams of gateway.http2.server connections."""
+
+    def __init__(self, gw: Gateway, encoder: HpackEncoder, specs: SpecMemo) -> None:
+        self.gw = gw
+        self.specs = specs
+        self.max_message = gw.runtime.cfg.limits.max_message_bytes
+        self.max_body = self.max_message + 5
+        self.enc = encoder
+        self._head_200 = encoder.encode([(":status", "200"), ("content-type", "application/grpc")])
+        self._ok_trailer = encoder.encode([("grpc-status", "0")])
+        self._tails: dict[tuple[str, int | None, str], bytes] = {}
+
+    # ---- H2App ---------------------------------------------------------------------------
+
+    def on_request(self, conn: H2ServerConnection, stream: Stream) -> None:
+        stream.handler = spawn(self._serve(conn, stream), "grpc-call")
+
+    def on_body_too_large(self, conn: H2ServerConnection, stream: Stream) -> None:
+        self._trailers_only(conn, stream, gw_.RESOURCE_EXHAUSTED,
+                            f"Received message larger than max ({stream.size} vs. "
+                            f"{self.max_message})")
+
+    # ---- one call ------------------------------------------------------------------------
+
+    async def _serve(self, conn: H2ServerConnection, stream: Stream) -> None:
+        gw = self.gw
+        t0 = time.monotonic()
+        path = method_ = ctype = encoding = timeout = None
+        md: dict[str, str] = {}
+        for k, v in stream.headers:
+            if k[0] == ":":
+                if k == ":path":
+                    path = v
+                elif k == ":method":
+                    method_ = v
+            elif k in _RESERVED:
+                if k == "content-type":
+                    ctype = v
+                elif k == "grpc-timeout":
+                    timeout = v
+                elif k == "grpc-encoding":
+                    encoding = v
+            else:
+                md[k] = v
+        if method_ != "POST" or path is None:
+            self._trailers_only(conn, stream, gw_.INTERNAL, "gRPC calls use POST with a :path")
+            return
+        if ctype is None or not ctype.startswith("application/grpc"):
+            conn.respond(stream, encode_field(":status", "415"), None, None)
+            return
+        method = METHODS.get(path)
+        if method is None:
+            if not path.startswith("/tensorflow.serving."):
+                self._trailers_only(conn, stream, gw_.UNIMPLEMENTED, "Method not found!")
+                return
+            method = "other"
+        call: Call | None = None
+        try:
+            if gw.draining:
+                raise ShuttingDown("The gateway is shutting down")
+            try:
+                body = gw_.unframe(stream.body(), encoding, self.max_message)
+            except gw_.MessageError as exc:
+                self._trailers_only(conn, stream, exc.code, str(exc))
+                return
+            deadline = None
+            if timeout is not None:
+                secs = gw_.parse_timeout(timeout)
+                if secs is not None:
+                    deadline = t0 + secs
+            spec = None
+            target = GrpcPath(path)
+            target.body = body
+            target.spec_end = -1
+            if method not in ("other", "reload"):
+                spec, target.spec_end = self.specs.spec(body, method == "multi_inference")
+            if spec is None or not spec.name:
+                call = Call("grpc", method if method == "reload" else "other", None, None, None,
+                            "", md, body, deadline, target)
+            else:
+                call = Call("grpc", method, spec.name, spec.version, spec.label, spec.signature,
+                            md, body, deadline, target)
+            answer = await gw.pipeline.handle(call, gw.grpc_fwd)
+        except GatewayError as exc:
+            gw.metrics.errors.labels("grpc", type(exc).__name__).inc()
+            gw.observe_call("grpc", call.model if call else None, None, str(exc.code.value[0]), t0)
+            self._trailers_only(conn, stream, exc.code.value[0], exc.message)
+            return
+        except Exception:
+            log.exception("unexpected error answering %s", path)
+            gw.metrics.errors.labels("grpc", "internal").inc()
+            self._trailers_only(conn, stream, gw_.INTERNAL, "Internal gateway error")
+            return
+        gw.observe_call("grpc", call.model, answer, str(answer.status), t0)
+        self._reply(conn, stream, answer)
+
+    def _reply(self, conn: H2ServerConnection, stream: Stream, a: Answer) -> None:
+        head = self._head_200 + self._metadata(a.headers) + self._tail(a)
+        if a.status == 0:
+            trailer = self._ok_trailer
+            data: bytes | None = gw_.frame_message(a.body)
+        else:
+            trailer = self.enc.field("grpc-status", str(a.status))
+            if a.details:
+                trailer += encode_field("grpc-message", gw_.percent_encode(a.details))
+            data = None
+        if a.trailers:
+            trailer += self._metadata(a.trailers)
+        conn.respond(stream, head, data, trailer)
+
+    def _metadata(self, pairs: object) -> bytes:
+        out = []
+        for k, v in pairs:  # type: ignore[attr-defined]
+            if k in _NOT_RELAYED or k[0] == ":" or k.startswith("x-infergate-"):
+                continue
+            if isinstance(v, bytes):
+                v = gw_.encode_bin(v)
+            out.append(self.enc.field(k, v))
+        return b"".join(out)
+
+    def _tail(self, a: Answer) -> bytes:
+        key = (a.replica, a.version, a.cache)
+        tail = self._tails.get(key)
+        if tail is None:
+            if len(self._tails) >= _MEMO_MAX:
+                self._tails.clear()
+            tail = self._tails[key] = b"".join((
+                encode_field("x-infergate-replica", a.replica),
+                encode_field("x-infergate-version", "" if a.version is None else str(a.version)),
+                encode_field("x-infergate-cache", a.cache)))
+        return tail
+
+    def _trailers_only(self, conn: H2ServerConnection, stream: Stream, code: int,
+                       message: str) -> None:
+        block = self._head_200 + self.enc.field("grpc-status", str(code))
+        if message:
+            block += encode_field("grpc-message", gw_.percent_encode(message[:1024]))
+        conn.respond(stream, block, None, None)
