@@ -2,7 +2,8 @@
 
 Per pool: a SignalWindow of upstream latencies (cache hits never reach it: they are not replica
 load), in-flight calls as queue depth, GPU/CPU utilisation from the replicas' scraped metrics and
-RPS against the healthy replicas' summed capacity. Every `scale_eval_s` seconds each pool's
+RPS against the healthy replicas' summed capacity. The window spans the pool's shorter
+stabilisation window, within [5, 60] s (`signal_window_s`). Every `scale_eval_s` seconds each pool's
 ScaleController decides; the decision goes to Prometheus gauges, `GET /api/scale` and, when it
 changes, to the configured webhooks.
 
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from gateway.replicas import ReplicaState
 from gateway.scaling import (
     METRICS,
+    PoolScalePolicy,
     ScaleController,
     ScaleDecision,
     Signals,
@@ -33,6 +35,22 @@ if TYPE_CHECKING:
     from gateway.app import Gateway
 
 log = logging.getLogger("infergate.scale")
+
+MIN_SIGNAL_WINDOW_S = 5
+MAX_SIGNAL_WINDOW_S = 60
+
+
+def signal_window_s(policy: PoolScalePolicy) -> int:
+    """Seconds of traffic a pool's p95 and rps are measured over: its shorter stabilisation
+    window, kept within [MIN_SIGNAL_WINDOW_S, MAX_SIGNAL_WINDOW_S].
+
+    A window longer than the stabilisation windows would keep a load that has stopped in view
+    past them (a 60 s p95 holds a finished burst for a minute, whatever window_down_s says); one
+    under 5 s lets the second just begun, nearly empty, weigh too much in rps. The defaults
+    (60 s up, 300 s down) give 60 s.
+    """
+    shorter = min(policy.window_up_s, policy.window_down_s)
+    return int(min(MAX_SIGNAL_WINDOW_S, max(MIN_SIGNAL_WINDOW_S, math.ceil(shorter))))
 
 
 def _pool_value(reps: list[ReplicaState], attr: str) -> tuple[bool, float | None]:
@@ -74,7 +92,8 @@ class ScaleService:
         return sorted({r.pool for r in cfg.replicas} | set(cfg.autoscale))
 
     def configure(self) -> None:
-        """(Re)build controllers from the current config, keeping windows and history."""
+        """(Re)build controllers from the current config, keeping history, and windows whose
+        length the new policy keeps."""
         cfg = self.gw.runtime.cfg
         controllers: dict[str, ScaleController] = {}
         for pool in self.pools():
@@ -82,8 +101,10 @@ class ScaleService:
             policy = policy_from_mapping(raw, f"autoscale.{pool}")
             old = self.controllers.get(pool)
             controllers[pool] = old.carry_over(policy) if old else ScaleController(policy)
-            if pool not in self.windows:
-                self.windows[pool] = SignalWindow(60, started_at=time.monotonic())
+            span = signal_window_s(policy)
+            window = self.windows.get(pool)
+            if window is None or window.window_s != span:
+                self.windows[pool] = SignalWindow(span, started_at=time.monotonic())
         self.controllers = controllers
 
     def observe(self, pool: str, seconds: float) -> None:
