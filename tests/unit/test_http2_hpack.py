@@ -51,8 +51,8 @@ def test_fuzz_sequences_match_the_reference(blocks: list[tuple[list[tuple[str, s
         assert ours.decode(block) == expected
         # The same bytes again (the memos' case): the outcome must match the reference's,
         # including an invalid index when the block's references went stale.
-        again = _outcome(lambda: _ref_decode(ref, block))
-        assert _outcome(lambda: ours.decode(block)) == again
+        again = _outcome(lambda b=block: _ref_decode(ref, b))
+        assert _outcome(lambda b=block: ours.decode(b)) == again
         if again == "error":
             return
         assert ours.table_size <= 4096
