@@ -29,7 +29,8 @@ from gateway.http2.stream import H2Limits, Stream
 
 log = logging.getLogger("infergate.http2")
 
-_RECENT_RESETS = 256  # closed stream ids remembered, so their late frames are ignored quietly
+_RECENT_RESETS = 256
+_LINGER_S = 1.0  # how long a failed connection keeps reading before it closes  # closed stream ids remembered, so their late frames are ignored quietly
 
 
 class H2Connection(asyncio.Protocol):
@@ -455,7 +456,9 @@ class H2Connection(asyncio.Protocol):
             self._on_reset(stream, code, local=True)
 
     def fail(self, code: int, message: str) -> None:
-        """A connection error: GOAWAY with `code`, then close."""
+        """A connection error: GOAWAY with `code`, then close. The close lingers (our side
+        shut, the peer's bytes read and dropped) so that a peer still sending does not turn
+        our GOAWAY into a connection reset before it has read it."""
         if self.closed:
             return
         log.info("HTTP/2 connection error %d: %s", code, message)
@@ -463,8 +466,14 @@ class H2Connection(asyncio.Protocol):
         self._flush()
         self.goaway_sent = True
         self.closed = True
-        if self.transport is not None:
-            self.transport.close()
+        t = self.transport
+        if t is None:
+            return
+        if t.can_write_eof():
+            t.write_eof()
+            self.loop.call_later(_LINGER_S, t.close)
+        else:
+            t.close()
 
     # ---- hooks --------------------------------------------------------------------------
 
