@@ -5,7 +5,9 @@ load), in-flight calls as queue depth, GPU/CPU utilisation from the replicas' sc
 RPS against the healthy replicas' summed capacity. The window spans the pool's shorter
 stabilisation window, within [5, 60] s (`signal_window_s`). Every `scale_eval_s` seconds each pool's
 ScaleController decides; the decision goes to Prometheus gauges, `GET /api/scale` and, when it
-changes, to the configured webhooks.
+changes, to the configured webhooks. A webhook body is the pool's /api/scale object plus "event",
+"pool" and "seq", a per-pool number that grows by one with each transition this process sends:
+retried deliveries can arrive out of order, and "seq" says which is the latest.
 
 What must always hold: a signal whose source is not configured is left out of the decision; a
 configured source that stops answering is unknown (None), and unknown never drives a scale-down.
@@ -84,6 +86,7 @@ class ScaleService:
         self.controllers: dict[str, ScaleController] = {}
         self.decisions: dict[str, ScaleDecision] = {}
         self._sent: dict[str, tuple[int, str]] = {}
+        self._seq: dict[str, int] = {}
         self._direction_labels: dict[str, tuple[str, str, str]] = {}
         self.configure()
 
@@ -156,7 +159,9 @@ class ScaleService:
                 prev = self._sent.get(pool)
                 self._sent[pool] = mark
                 if prev is not None:
-                    self.gw.webhooks.notify({"event": "scale", "pool": pool, **d.to_json()})
+                    seq = self._seq[pool] = self._seq.get(pool, 0) + 1
+                    self.gw.webhooks.notify(
+                        {"event": "scale", "pool": pool, "seq": seq, **d.to_json()})
 
     def to_json(self) -> dict[str, Any]:
         return {"pools": {p: d.to_json() for p, d in self.decisions.items()}}

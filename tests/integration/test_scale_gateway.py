@@ -248,10 +248,14 @@ def test_webhook_receiver_gets_each_transition_once_even_when_it_was_down(ramp: 
     assert ramp.receiver.started_at is not None and ramp.rose_at < ramp.receiver.started_at
     for _, e in events:
         assert e["event"] == "scale" and e["pool"] == "gpu"
-        assert set(e) == {"event", "pool"} | POOL_KEYS
+        assert set(e) == {"event", "pool", "seq"} | POOL_KEYS
     marks = Counter((e["desired_replicas"], e["direction"]) for _, e in events)
     # Up (fired while the receiver was down), hold once the replica was added, down at the end.
     assert marks == Counter({(2, "up"): 1, (2, "hold"): 1, (1, "down"): 1}), events
+    # Retries may deliver out of order; "seq" restores the order they happened in.
+    ordered = sorted((e for _, e in events), key=lambda e: e["seq"])
+    assert [e["direction"] for e in ordered] == ["up", "hold", "down"]
+    assert [e["seq"] for e in ordered] == [1, 2, 3]
     up = next(e for _, e in events if e["direction"] == "up")
     assert up["reason"].startswith("p95_latency_ms ")
 
