@@ -8,6 +8,7 @@ the pipeline and the error table; nothing outside it depends on its classes.
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import TYPE_CHECKING
 
 from gateway.fastrest.forwarder import NativeRestForwarder
@@ -22,16 +23,18 @@ __all__ = ["HttpRequest", "HttpServerProtocol", "NativeRestForwarder", "NativeRe
 
 
 async def serve_http(app: RestApp, host: str, port: int, limits: ServerLimits,
-                     reuse_port: bool = False, backlog: int = 1024) -> asyncio.Server:
+                     reuse_port: bool = False, backlog: int = 1024,
+                     ssl_context: ssl.SSLContext | None = None) -> asyncio.Server:
     """Listen on host:port and answer every connection with `app`."""
     loop = asyncio.get_running_loop()
     return await loop.create_server(lambda: HttpServerProtocol(app, limits), host, port,
                                     backlog=backlog, reuse_address=True,
-                                    reuse_port=reuse_port or None)
+                                    reuse_port=reuse_port or None, ssl=ssl_context)
 
 
-async def start_rest_listener(gw: Gateway, host: str, port: int,
-                              reuse_port: bool = False) -> asyncio.Server:
-    """The TF Serving REST surface of `gw` on the native engine."""
+async def start_rest_listener(gw: Gateway, host: str, port: int, reuse_port: bool = False,
+                              ssl_context: ssl.SSLContext | None = None) -> asyncio.Server:
+    """The TF Serving REST surface of `gw` on the native engine (TLS when `ssl_context`)."""
     limits = ServerLimits(max_body=gw.runtime.cfg.limits.max_body_bytes)
-    return await serve_http(NativeRestIngress(gw), host, port, limits, reuse_port)
+    return await serve_http(NativeRestIngress(gw), host, port, limits, reuse_port,
+                            ssl_context=ssl_context)

@@ -9,6 +9,7 @@ error table; no class of this package leaks out of it except the listener and th
 from __future__ import annotations
 
 import asyncio
+import ssl
 from typing import TYPE_CHECKING
 
 from gateway.http2.grpc_client import NativeGrpcForwarder
@@ -53,20 +54,24 @@ class GrpcListener:
 
 
 async def serve_h2(app: H2App, host: str, port: int, limits: H2Limits, encoder: HpackEncoder,
-                   reuse_port: bool = False, backlog: int = 1024) -> GrpcListener:
+                   reuse_port: bool = False, backlog: int = 1024,
+                   ssl_context: ssl.SSLContext | None = None) -> GrpcListener:
+    """Listen on host:port; with `ssl_context`, TLS offering only "h2" by ALPN (gRPC's rule)."""
     loop = asyncio.get_running_loop()
     connections: set[H2ServerConnection] = set()
+    if ssl_context is not None:
+        ssl_context.set_alpn_protocols(["h2"])
     server = await loop.create_server(
         lambda: H2ServerConnection(app, limits, encoder, connections), host, port,
-        backlog=backlog, reuse_address=True, reuse_port=reuse_port or None)
+        backlog=backlog, reuse_address=True, reuse_port=reuse_port or None, ssl=ssl_context)
     return GrpcListener(server, connections)
 
 
-async def start_grpc_listener(gw: Gateway, host: str, port: int,
-                              reuse_port: bool = False) -> GrpcListener:
-    """The TF Serving gRPC surface of `gw` on the native engine."""
+async def start_grpc_listener(gw: Gateway, host: str, port: int, reuse_port: bool = False,
+                              ssl_context: ssl.SSLContext | None = None) -> GrpcListener:
+    """The TF Serving gRPC surface of `gw` on the native engine (TLS when `ssl_context`)."""
     encoder = HpackEncoder()
     fwd = gw.grpc_fwd
     specs = fwd.specs if isinstance(fwd, NativeGrpcForwarder) else SpecMemo()
     return await serve_h2(NativeGrpcIngress(gw, encoder, specs), host, port, H2Limits(),
-                          encoder, reuse_port)
+                          encoder, reuse_port, ssl_context=ssl_context)
