@@ -29,8 +29,8 @@ from gateway.http2.stream import H2Limits, Stream
 
 log = logging.getLogger("infergate.http2")
 
-_RECENT_RESETS = 256
-_LINGER_S = 1.0  # how long a failed connection keeps reading before it closes  # closed stream ids remembered, so their late frames are ignored quietly
+_RECENT_RESETS = 256  # closed stream ids remembered, so their late frames are ignored quietly
+_LINGER_S = 1.0  # how long a failed connection keeps reading before it closes
 
 
 class H2Connection(asyncio.Protocol):
