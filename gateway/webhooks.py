@@ -31,8 +31,12 @@ class Webhooks:
             spawn(self._post(hook.url, hook.timeout_s, payload), "webhook")
 
     async def _post(self, url: str, timeout: float, payload: dict[str, Any]) -> None:
-        delay = 0.5
+        """Tries at 0, 1, 3, 7, 15 and 31 s: a receiver back within about 30 s gets the event."""
+        delay = 1.0
         for attempt in range(TRIES):
+            if attempt:
+                await asyncio.sleep(delay)
+                delay *= 2
             try:
                 async with self._session().post(
                         url, json=payload, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
@@ -40,6 +44,4 @@ class Webhooks:
                         return
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
                 log.debug("webhook %s attempt %d failed: %r", url, attempt + 1, exc)
-            await asyncio.sleep(delay)
-            delay *= 2
         log.warning("webhook %s gave up after %d attempts", url, TRIES)
