@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from urllib.parse import quote, unquote
 
 from gateway.errors import BadRequest
 
@@ -233,17 +234,40 @@ class RestRequest:
 
 
 def parse_rest_path(method: str, path: str) -> RestTarget | None:
-    """Match a TF Serving REST path; None when it is not a routable model path."""
+    """Match a TF Serving REST path; None when it is not a routable model path.
+
+    The model name and label are %-unescaped, as TF Serving does, so "half%5Fplus%5Ftwo" is
+    the model half_plus_two. A name that does not unescape to UTF-8 is not routed (the request
+    goes to a replica unchanged and gets its answer there).
+    """
     if method == "GET":
         m = _GET.fullmatch(path)
-        if m:
-            verb = "metadata" if m.group(4) == "metadata" else "status"
-            return RestTarget(m.group(1), _int(m.group(2)), m.group(3), verb)
+        verb = "metadata" if m and m.group(4) == "metadata" else "status"
     elif method == "POST":
         m = _POST.fullmatch(path)
-        if m:
-            return RestTarget(m.group(1), _int(m.group(2)), m.group(3), m.group(4))
-    return None
+        verb = m.group(4) if m else ""
+    else:
+        return None
+    if m is None:
+        return None
+    model, label = _unescape(m.group(1)), _unescape(m.group(3))
+    if model is None or (label is None and m.group(3) is not None):
+        return None
+    return RestTarget(model, _int(m.group(2)), label, verb)
+
+
+def _unescape(s: str | None) -> str | None:
+    if s is None or "%" not in s:
+        return s
+    try:
+        return unquote(s, errors="strict")
+    except UnicodeDecodeError:
+        return None
+
+
+def _escape(s: str) -> str:
+    """%-escape what could change the meaning of a path (a replica unescapes it again)."""
+    return quote(s, safe="-._~!$&'()*+,;=@")
 
 
 def _int(s: str | None) -> int | None:
@@ -263,11 +287,11 @@ def rest_path_for(target: RestTarget, version: int | None) -> str:
     """
     if target.verb == "status" and target.version is None:
         version = None
-    base = f"/v1/models/{target.model}"
+    base = f"/v1/models/{_escape(target.model)}"
     if version is not None:
         base += f"/versions/{version}"
     elif target.label is not None:
-        base += f"/labels/{target.label}"
+        base += f"/labels/{_escape(target.label)}"
     if target.verb == "status":
         return base
     if target.verb == "metadata":

@@ -145,6 +145,12 @@ CASES = [
     case("path-verb-uppercase", "POST", f"{M}:PREDICT", 400, ROWS),
     case("path-metadata-uppercase", "GET", f"{M}/METADATA", 200),
     case("path-escaped-name", "POST", "/v1/models/half%5Fplus%5Ftwo:predict", 200, ROWS),
+    case("path-escaped-label", "POST", f"{M}/labels/st%61ble:predict", 200, ROWS),
+    case("path-escaped-not-utf8", "POST", "/v1/models/half%ffplus:predict", 404, ROWS,
+         marks=pytest.mark.xfail(strict=True, reason="replica: a %-escaped model name that is not "
+                                 "UTF-8 answers 500 UnicodeEncodeError; TF Serving says 404")),
+    case("path-escaped-slash", "GET", "/v1/models/half%2Fplus", 404),
+    case("path-version-overflow", "POST", f"{M}/versions/99999999999999999999:predict", 400, ROWS),
     case("status-trailing-slash", "GET", f"{M}/", 400),
     case("metadata-trailing-slash", "GET", f"{M}/metadata/", 400),
     case("path-query", "POST", f"{M}:predict?debug=1", 400, ROWS),
@@ -176,4 +182,8 @@ def test_rest_answer_names_the_resolved_version(pair: Pair) -> None:
     _, headers = rest_call(pair.via.rest_url, "POST", f"{M}:predict", ROWS)
     assert headers["x-infergate-version"] == "2"
     _, headers = rest_call(pair.via.rest_url, "POST", f"{M}/labels/stable:predict", ROWS)
+    assert headers["x-infergate-version"] == "1"
+    # An escaped name or label is the same model and label once unescaped, as in TF Serving.
+    escaped = "/v1/models/half%5Fplus%5Ftwo/labels/st%61ble:predict"
+    _, headers = rest_call(pair.via.rest_url, "POST", escaped, ROWS)
     assert headers["x-infergate-version"] == "1"
