@@ -23,8 +23,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("infergate.rest")
 TIMEOUT_HEADER = "x-infergate-timeout-ms"
-_JSON = b"Content-Type: application/json\r\n"
-_NOT_FOUND: Response = (404, b"Content-Type: text/plain; charset=utf-8\r\n", b"Not Found")
+# An answer of the gateway itself: no replica, no version, never from the cache.
+_OWN = (b"Content-Type: application/json\r\nx-infergate-replica: \r\nx-infergate-version: \r\n"
+        b"x-infergate-cache: miss\r\n")
+_NOT_FOUND: Response = (404, b"", b"")  # TF Serving's plain, empty 404 outside /v1/
 # Memo sizes: paths and (replica, version, cache) triples are few in practice; the bound only
 # stops a client that varies them from growing memory (the memo is then simply cleared).
 _MEMO_MAX = 4096
@@ -74,7 +76,7 @@ class NativeRestIngress:
     async def handle(self, request: HttpRequest) -> Response:
         gw = self.gw
         t0 = time.monotonic()
-        path, _, query = request.target.partition("?")
+        path, has_query, query = request.target.partition("?")
         if not path[:4].lower() == "/v1/":
             return _NOT_FOUND
         method = request.method
@@ -83,7 +85,9 @@ class NativeRestIngress:
         try:
             if gw.draining:
                 raise ShuttingDown("The gateway is shutting down")
-            target = self._target(method, path)
+            # TF Serving matches its API paths against the path *with* the query, so no model
+            # call carrying a query is routable there; it goes through unchanged.
+            target = None if has_query else self._target(method, path)
             deadline = None
             tmo = headers.get(TIMEOUT_HEADER)
             if tmo is not None:
@@ -91,7 +95,8 @@ class NativeRestIngress:
                     deadline = t0 + max(0.0, float(tmo)) / 1000.0
                 except ValueError:
                     return error(400, f"Invalid {TIMEOUT_HEADER} header: {tmo[:40]}")
-            extra = RestRequest(method, path, query, target)
+            extra = (RestRequest(method, path, query, target) if target is not None
+                     else RestRequest(method, request.target, "", None))
             if target is None:
                 call = Call("rest", "other", None, None, None, "", headers, request.body,
                             deadline, extra)
@@ -108,5 +113,5 @@ class NativeRestIngress:
 
 
 def error(status: int, message: str) -> Response:
-    return status, _JSON, rest_error_body(message)
+    return status, _OWN, rest_error_body(message)
 

@@ -14,6 +14,9 @@ call; the deadline travels as grpc-timeout and is also enforced here (RST_STREAM
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterable
+
+import grpc
 
 from gateway.call import Answer, Call
 from gateway.errors import DeadlineExceeded, ReplicaUnavailable
@@ -29,6 +32,7 @@ from gateway.http2.hpack import encode_field
 from gateway.http2.modelspec import GrpcPath, SpecMemo
 from gateway.http2.stream import H2Limits, Stream
 from gateway.replicas import ReplicaState
+from gateway.upstream import GrpcForwarder
 
 # Call metadata the transport owns (never forwarded as metadata).
 _SKIP = frozenset({"user-agent", "grpc-timeout", "grpc-encoding", "grpc-accept-encoding",
@@ -54,8 +58,17 @@ class NativeGrpcForwarder:
         self.pool = H2ClientPool(limits or H2Limits(), max_message + 5)
         self._enc = self.pool.encoder
         self._prefix: dict[tuple[str, str], bytes] = {}
+        self._probe: GrpcForwarder | None = None
 
-    def _head(self, path: str, addr: str, timeout: float, headers: object) -> bytes:
+    def channel(self, addr: str) -> grpc.aio.Channel:
+        """A grpc.aio channel to `addr`, for the health checker's GetModelStatus probes of
+        replicas without a REST address (gateway.health); calls never use it."""
+        if self._probe is None:
+            self._probe = GrpcForwarder(self._max)
+        return self._probe.channel(addr)
+
+    def _head(self, path: str, addr: str, timeout: float,
+              metadata: Iterable[tuple[str, str | bytes]]) -> bytes:
         key = (path, addr)
         prefix = self._prefix.get(key)
         if prefix is None:
@@ -66,9 +79,9 @@ class NativeGrpcForwarder:
                 ("content-type", "application/grpc"), ("te", "trailers")])
         parts = [prefix, encode_field("grpc-timeout", g.encode_timeout(timeout))]
         field = self._enc.field
-        for k, v in headers.items():  # type: ignore[attr-defined]
+        for k, v in metadata:
             if k not in _SKIP and k[0] != ":":
-                parts.append(field(k, v))
+                parts.append(field(k, g.encode_bin(v) if isinstance(v, bytes) else v))
         return b"".join(parts)
 
     async def send(self, call: Call, replica: ReplicaState, version: int | None,
@@ -84,6 +97,11 @@ class NativeGrpcForwarder:
                 end = path.spec_end
             body = self.specs.rewrite(body, end, version, call.method == "multi_inference",
                                       call.model)
+        # The caller's metadata as received (binary values, repeated names, order) when the
+        # ingress kept it; else the text metadata routing saw.
+        metadata: Iterable[tuple[str, str | bytes]] = (
+            getattr(path, "wire_metadata", None) or getattr(path, "metadata", None)
+            or call.headers.items())
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         message = g.frame_message(body)
@@ -98,7 +116,7 @@ class NativeGrpcForwarder:
                 except (OSError, TimeoutError) as exc:
                     raise ReplicaUnavailable(
                         f"replica {replica.name} unreachable: {type(exc).__name__}") from None
-            stream = conn.request(self._head(path, addr, remaining, call.headers), message)
+            stream = conn.request(self._head(path, addr, remaining, metadata), message)
             waiter = stream.waiter
             timer = loop.call_later(remaining, _expire, waiter)
             try:
@@ -180,6 +198,8 @@ class NativeGrpcForwarder:
 
     async def close(self) -> None:
         self.pool.close()
+        if self._probe is not None:
+            await self._probe.close()
 
 
 def _expire(waiter: asyncio.Future[Stream]) -> None:

@@ -59,6 +59,8 @@ class NativeGrpcIngress:
         self.enc = encoder
         self._head_200 = encoder.encode([(":status", "200"), ("content-type", "application/grpc")])
         self._ok_trailer = encoder.encode([("grpc-status", "0")])
+        self._own = encoder.encode([("x-infergate-replica", ""), ("x-infergate-version", ""),
+                                    ("x-infergate-cache", "miss")])
         self._tails: dict[tuple[str, int | None, str], bytes] = {}
 
     # ---- H2App ---------------------------------------------------------------------------
@@ -77,7 +79,8 @@ class NativeGrpcIngress:
         gw = self.gw
         t0 = time.monotonic()
         path = method_ = ctype = encoding = timeout = None
-        md: dict[str, str] = {}
+        md: dict[str, str] = {}  # one text value per name: what routing reads
+        received: list[tuple[str, str]] = []  # everything, in order: what the replica gets
         for k, v in stream.headers:
             if k[0] == ":":
                 if k == ":path":
@@ -92,7 +95,9 @@ class NativeGrpcIngress:
                 elif k == "grpc-encoding":
                     encoding = v
             else:
-                md[k] = v
+                received.append((k, v))
+                if not k.endswith("-bin"):
+                    md[k] = v
         if method_ != "POST" or path is None:
             self._trailers_only(conn, stream, gw_.INTERNAL, "gRPC calls use POST with a :path")
             return
@@ -123,6 +128,7 @@ class NativeGrpcIngress:
             target = GrpcPath(path)
             target.body = body
             target.spec_end = -1
+            target.wire_metadata = tuple(received)
             if method not in ("other", "reload"):
                 spec, target.spec_end = self.specs.spec(body, method == "multi_inference")
             if spec is None or not spec.name:
@@ -135,12 +141,12 @@ class NativeGrpcIngress:
         except GatewayError as exc:
             gw.metrics.errors.labels("grpc", type(exc).__name__).inc()
             gw.observe_call("grpc", call.model if call else None, None, str(exc.code.value[0]), t0)
-            self._trailers_only(conn, stream, exc.code.value[0], exc.message)
+            self._own_error(conn, stream, exc.code.value[0], exc.message)
             return
         except Exception:
             log.exception("unexpected error answering %s", path)
             gw.metrics.errors.labels("grpc", "internal").inc()
-            self._trailers_only(conn, stream, gw_.INTERNAL, "Internal gateway error")
+            self._own_error(conn, stream, gw_.INTERNAL, "Internal gateway error")
             return
         gw.observe_call("grpc", call.model, answer, str(answer.status), t0)
         self._reply(conn, stream, answer)
@@ -180,6 +186,15 @@ class NativeGrpcIngress:
                 encode_field("x-infergate-version", "" if a.version is None else str(a.version)),
                 encode_field("x-infergate-cache", a.cache)))
         return tail
+
+    def _own_error(self, conn: H2ServerConnection, stream: Stream, code: int,
+                   message: str) -> None:
+        """An error the gateway answers itself: initial metadata saying so (no replica, no
+        version, no cache), then the status in the trailers."""
+        trailer = self.enc.field("grpc-status", str(code))
+        if message:
+            trailer += encode_field("grpc-message", gw_.percent_encode(message[:1024]))
+        conn.respond(stream, self._head_200 + self._own, None, trailer)
 
     def _trailers_only(self, conn: H2ServerConnection, stream: Stream, code: int,
                        message: str) -> None:

@@ -25,6 +25,7 @@ class GrpcPath(str):
 
     body: bytes  # the request body the offset belongs to
     spec_end: int  # end of the leading field 1 in `body`, or -1: use gateway.wire
+    wire_metadata: tuple[tuple[str, str], ...]  # the caller's metadata as received, in order
 
 
 def leading_spec_end(body: bytes) -> int:
