@@ -31,7 +31,9 @@ from gateway.budget import RetryBudget
 from gateway.cache import PredictionCache
 from gateway.call import Answer
 from gateway.config import ConfigError, GatewayConfig, Hedge, Tls, load_config
+from gateway.fastrest import NativeRestForwarder, start_rest_listener
 from gateway.health import HealthChecker
+from gateway.http2 import GrpcListener, NativeGrpcForwarder, start_grpc_listener
 from gateway.ingress_grpc import GrpcIngress
 from gateway.ingress_rest import RestIngress
 from gateway.metrics import Metrics
@@ -95,8 +97,14 @@ class Gateway:
                                        on_change=self._on_rollout_change, metrics=self.metrics)
         self.rollouts.configure(cfg.models)
         self.runtime = Runtime(cfg, overrides=self._overrides)
-        self.rest_fwd = RestForwarder()
-        self.grpc_fwd = GrpcForwarder(cfg.limits.max_message_bytes)
+        native = cfg.listen.engine == "native"
+        self.rest_fwd: RestForwarder | NativeRestForwarder = (
+            NativeRestForwarder() if native else RestForwarder())
+        self.grpc_fwd: GrpcForwarder | NativeGrpcForwarder = (
+            NativeGrpcForwarder(cfg.limits.max_message_bytes) if native
+            else GrpcForwarder(cfg.limits.max_message_bytes))
+        self.reuse_port = False  # set by `infergate run --workers N`: N processes share ports
+        self.serve_admin = True  # only the first worker serves the admin API
         self.health = HealthChecker(self)
         self.webhooks = Webhooks(lambda: self.runtime.cfg.webhooks, self.health.session)
         self.scale = ScaleService(self)
@@ -118,7 +126,7 @@ class Gateway:
         self._config_mtime = _mtime(config_path)
         self._tasks: list[asyncio.Task[None]] = []
         self._rest_server: asyncio.AbstractServer | None = None
-        self._grpc_server: grpc.aio.Server | None = None
+        self._grpc_server: grpc.aio.Server | GrpcListener | None = None
         self._admin_runner: web.AppRunner | None = None
         self._stopped = asyncio.Event()
         self.bound: dict[str, int] = {}
@@ -254,18 +262,30 @@ class Gateway:
         self._tasks.append(spawn(self.rollouts.run(1.0), "rollouts"))
         self.health.start()
         self._tasks.append(self.scale.start())
-        if cfg.listen.rest:
+        if cfg.listen.rest and cfg.listen.engine == "native":
+            host, port = _split(cfg.listen.rest)
+            self._rest_server = await start_rest_listener(self, host, port, self.reuse_port,
+                                                          _server_ssl(cfg.listen.tls))
+            self.bound["rest"] = self._rest_server.sockets[0].getsockname()[1]
+        elif cfg.listen.rest:
             host, port = _split(cfg.listen.rest)
             server = web.Server(RestIngress(self).handle, access_log=None)
             self._rest_server = await loop.create_server(server, host, port, backlog=1024,
                                                          reuse_address=True,
+                                                         reuse_port=self.reuse_port or None,
                                                          ssl=_server_ssl(cfg.listen.tls))
             self.bound["rest"] = self._rest_server.sockets[0].getsockname()[1]
-        if cfg.listen.grpc:
+        if cfg.listen.grpc and cfg.listen.engine == "native":
+            host, port = _split(cfg.listen.grpc)
+            listener = await start_grpc_listener(self, host, port, self.reuse_port,
+                                                 _server_ssl(cfg.listen.tls))
+            self._grpc_server = listener
+            self.bound["grpc"] = listener.port
+        elif cfg.listen.grpc:
             mx = cfg.limits.max_message_bytes
             self._grpc_server = grpc.aio.server(options=[
                 ("grpc.max_send_message_length", mx), ("grpc.max_receive_message_length", mx),
-                ("grpc.so_reuseport", 0)])
+                ("grpc.so_reuseport", int(self.reuse_port))])
             self._grpc_server.add_generic_rpc_handlers((GrpcIngress(self),))
             tls = cfg.listen.tls
             if tls is None:
@@ -277,7 +297,7 @@ class Gateway:
                     require_client_auth=tls.client_ca is not None)
                 self.bound["grpc"] = self._grpc_server.add_secure_port(cfg.listen.grpc, creds)
             await self._grpc_server.start()
-        if cfg.listen.admin:
+        if cfg.listen.admin and self.serve_admin:
             host, port = _split(cfg.listen.admin)
             self._admin_runner = web.AppRunner(build_admin_app(self), access_log=None)
             await self._admin_runner.setup()
@@ -360,8 +380,11 @@ def _mtime(path: Path | None) -> float | None:
         return None
 
 
-async def run_gateway(cfg: GatewayConfig, config_path: Path | None) -> int:
+async def run_gateway(cfg: GatewayConfig, config_path: Path | None, worker: int = 0,
+                      workers: int = 1) -> int:
     gw = Gateway(cfg, config_path)
+    gw.reuse_port = workers > 1
+    gw.serve_admin = worker == 0
     await gw.start()
     await gw.serve_forever()
     return 0

@@ -10,7 +10,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -52,11 +55,43 @@ def cmd_run(args: argparse.Namespace) -> int:
         uvloop.install()  # uvloop's event loop for every asyncio.run below
     except ImportError:
         pass
-    try:
-        return asyncio.run(run_gateway(cfg, Path(args.config)))
-    except OSError as exc:
-        print(f"infergate: cannot start: {exc}", file=sys.stderr)
-        return 2
+    def run_one(worker: int = 0) -> int:
+        try:
+            return asyncio.run(run_gateway(cfg, Path(args.config), worker, args.workers))
+        except OSError as exc:
+            print(f"infergate: cannot start: {exc}", file=sys.stderr)
+            return 2
+
+    if args.workers <= 1:
+        return run_one()
+    return _run_workers(args.workers, run_one)
+
+
+def _run_workers(n: int, run_one: Callable[[int], int]) -> int:
+    """`--workers N`: N forked processes sharing the listening ports (SO_REUSEPORT; the kernel
+    spreads connections). Worker 0 also serves the admin API. SIGTERM, SIGINT and SIGHUP are
+    passed on to every worker; the exit code is the first non-zero one."""
+    pids: list[int] = []
+    for i in range(n):
+        pid = os.fork()
+        if pid == 0:
+            os._exit(run_one(i))
+        pids.append(pid)
+
+    def forward(sig: int, _frame: object) -> None:
+        for p in pids:
+            try:
+                os.kill(p, sig)
+            except ProcessLookupError:
+                continue
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    rc = 0
+    for p in pids:
+        _, status = os.waitpid(p, 0)
+        rc = rc or os.waitstatus_to_exitcode(status)
+    return rc
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -66,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="serve: gRPC 8500, REST 8501, admin 127.0.0.1:9901")
     run.add_argument("--config", required=True)
+    run.add_argument("--workers", type=int, default=1,
+                     help="processes sharing the ports (SO_REUSEPORT), one per core")
     run.set_defaults(fn=cmd_run)
 
     val = sub.add_parser("validate", help="check a config file")

@@ -50,6 +50,9 @@ class Listen(_Frozen):
     grpc: str | None = "0.0.0.0:8500"
     admin: str | None = "127.0.0.1:9901"
     tls: Tls | None = None  # TLS on the REST and gRPC listeners (admin stays plain on loopback)
+    # Data-path engine: "native" (own HTTP/1.1 and HTTP/2 layers, gateway.fastrest and
+    # gateway.http2) or "compat" (aiohttp and grpc.aio). docs/benchmarks.md compares them.
+    engine: Literal["native", "compat"] = "compat"
 
     @field_validator("rest", "grpc", "admin")
     @classmethod
