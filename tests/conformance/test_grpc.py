@@ -32,7 +32,7 @@ from tensorflow_serving.apis import (
 )
 from tensorflow_serving.config import model_server_config_pb2
 
-from tests.conformance.conftest import Pair, Target
+from tests.conformance.conftest import CLIENT_OPTIONS, Pair, Target
 from tests.conformance.outcome import GATEWAY_HEADERS, GrpcOutcome, grpc_call
 
 pytestmark = pytest.mark.integration
@@ -292,6 +292,19 @@ def test_grpc_answer_names_the_resolved_version(pair: Pair) -> None:
     out = grpc_call(stub.Predict, predict(spec(label="stable")))
     assert out.gateway_md["x-infergate-version"] == "1"
     assert list(out.response.outputs["y"].float_val) == [2.5, 3.0, 4.5]
+
+
+def test_grpc_compressed_call(pair: Pair) -> None:
+    """A client that gzips its messages gets the same answer from both targets."""
+    outcomes = []
+    for target in pair.targets:
+        with grpc.insecure_channel(target.grpc_addr, options=CLIENT_OPTIONS,
+                                   compression=grpc.Compression.Gzip) as channel:
+            stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+            outcomes.append(grpc_call(stub.Predict, predict(spec(label="canary"))))
+    direct, via = outcomes
+    assert direct.code == OK
+    assert (via.code, via.response, via.trailing) == (direct.code, direct.response, direct.trailing)
 
 
 def test_grpc_big_message_needs_client_limits(pair: Pair) -> None:
