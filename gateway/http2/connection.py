@@ -461,7 +461,8 @@ class H2Connection(asyncio.Protocol):
         our GOAWAY into a connection reset before it has read it."""
         if self.closed:
             return
-        log.info("HTTP/2 connection error %d: %s", code, message)
+        log.log(logging.DEBUG if code == f.NO_ERROR else logging.INFO,
+                "HTTP/2 connection closed with code %d: %s", code, message)
         self._write(f.goaway(self.highest_peer_stream, code, message[:200].encode()))
         self._flush()
         self.goaway_sent = True
