@@ -280,10 +280,3 @@ def webhook_fixture() -> Iterator[WebhookReceiver]:
     w = WebhookReceiver()
     yield w
     w.close()
-
-
-def run_until(bg: Background, gw: GatewayProc, timeout: float, what: str,
-              **want: Any) -> tuple[dict[str, Any], float]:
-    """Wait (traffic flowing) for a rollout state; returns it and the monotonic time seen."""
-    ro = wait_rollout(gw, timeout, what, **want)
-    return ro, time.monotonic()
