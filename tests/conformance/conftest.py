@@ -3,7 +3,8 @@
 One replica per test module serves half_plus_two (versions 1 and 2, labelled stable=1 and
 canary=2 in its model config) and embed; the gateway's config owns the same labels, so a request
 by label means the same version on both sides. A case sends the same request to both targets and
-compares the outcomes (see tests/conformance/outcome.py).
+compares the outcomes (see tests/conformance/outcome.py). Every case runs once per gateway
+engine (listen.engine: compat and native), against the same replica.
 
 The gRPC clients are the official tensorflow_serving.apis stubs over channels that raise their own
 message limits (the Python default receive limit is 4 MiB), as a client of TF Serving must.
@@ -15,6 +16,7 @@ import os
 import pathlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 import pytest
@@ -52,47 +54,80 @@ class Pair:
     direct: Target
     via: Target
     model_config: pathlib.Path  # the replica's text-proto model config
+    engine: str  # the gateway's listen.engine
 
     @property
     def targets(self) -> tuple[Target, Target]:
         return self.direct, self.via
 
 
-def start_pair(models: pathlib.Path, workdir: pathlib.Path, gateway_extra: dict[str, object] | None = None
-               ) -> tuple[ReplicaProc, GatewayProc]:
-    """A labelled replica and a gateway in front of it (gateway config owning the same labels)."""
+ENGINES = ("compat", "native")  # listen.engine: aiohttp + grpc.aio, or the gateway's own layers
+
+
+class EngineGateway(GatewayProc):
+    """A GatewayProc whose config selects a data-path engine."""
+
+    def __init__(self, cfg: dict[str, Any], workdir: pathlib.Path, engine: str) -> None:
+        self.engine = engine
+        super().__init__(cfg, workdir, name=f"gateway-{engine}")
+
+    def write_config(self, cfg: dict[str, Any]) -> None:
+        super().write_config(dict(cfg, listen=dict(cfg["listen"], engine=self.engine)))
+
+
+def start_replica_for_conformance(models: pathlib.Path, workdir: pathlib.Path) -> ReplicaProc:
+    """A replica serving half_plus_two (1 and 2, labelled stable=1, canary=2) and embed."""
     config = write_model_config(workdir / "models.config", models, labels=True)
     replica = start_replica(config, name="conf",
                             extra_args=["--allow_version_labels_for_unavailable_models"])
     try:
         replica.wait_available("half_plus_two", 2)
         replica.wait_available("embed")
-        cfg: dict[str, object] = {
-            "replicas": [{"name": "r0", "rest": f"127.0.0.1:{replica.rest_port}",
-                          "grpc": f"127.0.0.1:{replica.grpc_port}"}],
-            "models": {"half_plus_two": {"labels": dict(LABELS)}},
-            **(gateway_extra or {}),
-        }
-        gateway = GatewayProc(cfg, workdir / "gw")
     except BaseException:
         replica.stop()
         raise
-    return replica, gateway
+    return replica
+
+
+def gateway_config(replica: ReplicaProc) -> dict[str, Any]:
+    """One replica, and the same labels as the replica's own model config."""
+    return {"replicas": [{"name": "r0", "rest": f"127.0.0.1:{replica.rest_port}",
+                          "grpc": f"127.0.0.1:{replica.grpc_port}"}],
+            "models": {"half_plus_two": {"labels": dict(LABELS)}}}
+
+
+@dataclass
+class Direct:
+    replica: ReplicaProc
+    target: Target
+    model_config: pathlib.Path
 
 
 @pytest.fixture(scope="module")
-def pair(models_dir: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+def direct(models_dir: pathlib.Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Direct]:
     workdir = tmp_path_factory.mktemp("conformance")
-    replica, gateway = start_pair(models_dir, workdir)
-    channels = [grpc.insecure_channel(addr, options=CLIENT_OPTIONS)
-                for addr in (replica.grpc_addr, gateway.grpc_addr)]
+    replica = start_replica_for_conformance(models_dir, workdir)
+    channel = grpc.insecure_channel(replica.grpc_addr, options=CLIENT_OPTIONS)
     try:
-        yield Pair(replica, gateway,
-                   Target("direct", replica.rest_url, replica.grpc_addr, channels[0]),
-                   Target("gateway", gateway.rest_url, gateway.grpc_addr, channels[1]),
-                   workdir / "models.config")
+        yield Direct(replica, Target("direct", replica.rest_url, replica.grpc_addr, channel),
+                     workdir / "models.config")
     finally:
-        for ch in channels:
-            ch.close()
-        gateway.stop()
+        channel.close()
         replica.stop()
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def pair(request: pytest.FixtureRequest, direct: Direct,
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
+    """The replica and a gateway in front of it, once per engine (tests are grouped by engine,
+    so each module starts one gateway per engine and one replica in all)."""
+    engine: str = request.param
+    gateway = EngineGateway(gateway_config(direct.replica), tmp_path_factory.mktemp(engine), engine)
+    channel = grpc.insecure_channel(gateway.grpc_addr, options=CLIENT_OPTIONS)
+    try:
+        yield Pair(direct.replica, gateway, direct.target,
+                   Target(f"gateway-{engine}", gateway.rest_url, gateway.grpc_addr, channel),
+                   direct.model_config, engine)
+    finally:
+        channel.close()
+        gateway.stop()

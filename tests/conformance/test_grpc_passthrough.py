@@ -25,9 +25,8 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from tests.conformance.conftest import CLIENT_OPTIONS
+from tests.conformance.conftest import CLIENT_OPTIONS, ENGINES, EngineGateway
 from tests.conformance.outcome import GATEWAY_HEADERS, grpc_call
-from tests.integration.gwproc import GatewayProc
 
 pytestmark = pytest.mark.integration
 
@@ -108,25 +107,31 @@ class ScriptedReplica(grpc.GenericRpcHandler):
 @dataclass
 class Setup:
     upstream_addr: str
-    gateway: GatewayProc
+    gateway: EngineGateway
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+def upstream() -> Iterator[str]:
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4),
                          handlers=(ScriptedReplica(),), options=CLIENT_OPTIONS)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
-        cfg = {"replicas": [{"name": "scripted", "grpc": f"127.0.0.1:{port}"}],
-               "models": {"echo": {}}}
-        gateway = GatewayProc(cfg, pathlib.Path(tmp_path_factory.mktemp("passthrough")))
-        try:
-            yield Setup(f"127.0.0.1:{port}", gateway)
-        finally:
-            gateway.stop()
+        yield f"127.0.0.1:{port}"
     finally:
         server.stop(grace=None)
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def setup(request: pytest.FixtureRequest, upstream: str,
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
+    cfg = {"replicas": [{"name": "scripted", "grpc": upstream}], "models": {"echo": {}}}
+    gateway = EngineGateway(cfg, pathlib.Path(tmp_path_factory.mktemp("passthrough")),
+                            request.param)
+    try:
+        yield Setup(upstream, gateway)
+    finally:
+        gateway.stop()
 
 
 def _predict(mode: str) -> predict_pb2.PredictRequest:
