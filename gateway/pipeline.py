@@ -159,6 +159,12 @@ class Pipeline:
                 if t.arm != "latest" or len(targets) > 1:
                     self.gw.metrics.split_arm.labels(model, t.arm).inc()
                 return v, cands, t.arm
+            ro = router.cfg.rollout
+            if ro is not None and t.arm == ro.canary and any(
+                    r.versions.get(model, {}).get(v) == "AVAILABLE" for r in reps.all):
+                # The canary is loaded but no replica of it may serve (ejected, failing health):
+                # the rollout must see that as a failing canary, not as a quiet one.
+                self.gw.rollouts.observe(model, t.arm, False, 0.0)
         return None, [], ""
 
     async def _unroutable(self, call: Call, fwd: Forwarder, router: ModelRouter,

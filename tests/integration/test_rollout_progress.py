@@ -157,12 +157,6 @@ def test_bad_canary_is_rolled_back_within_its_first_step(
     assert check in event["reason"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pipeline: outlier ejection hides a failing canary from its rollout. Mirrored and client "
-    "calls fail 5 times in a row, the canary replica is ejected (half of a two-replica pool), "
-    "_resolve then skips the canary arm for lack of a replica and serves stable instead, so the "
-    "rollout never gets early_sample (20) canary calls: it stays 'progressing' at 10 % while the "
-    "canary gets 0 %, for 30 s per ejection, growing to 300 s"))
 def test_failing_canary_ejected_as_an_outlier_is_still_rolled_back(
         fleet_knobs: RolloutFleet, gateway_factory: Any) -> None:
     # Stable and canary in one pool: the canary replica may be ejected.
