@@ -10,28 +10,12 @@ from __future__ import annotations
 
 import grpc
 
-# gRPC code -> HTTP status, as tensorflow_model_server maps them.
-_HTTP_STATUS: dict[grpc.StatusCode, int] = {
-    grpc.StatusCode.OK: 200,
-    grpc.StatusCode.CANCELLED: 499,
-    grpc.StatusCode.UNKNOWN: 500,
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.ALREADY_EXISTS: 409,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.FAILED_PRECONDITION: 400,
-    grpc.StatusCode.ABORTED: 409,
-    grpc.StatusCode.OUT_OF_RANGE: 400,
-    grpc.StatusCode.UNIMPLEMENTED: 501,
-    grpc.StatusCode.INTERNAL: 500,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DATA_LOSS: 500,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-}
+from gateway.errors import CODE_BY_VALUE, GRPC_TO_HTTP
 
-_BY_NUMBER: dict[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}
+# One table for the whole project: the gateway's (gRPC code -> HTTP status, as
+# tensorflow_model_server maps them).
+_HTTP_STATUS = GRPC_TO_HTTP
+_BY_NUMBER = CODE_BY_VALUE
 
 # TF Serving cuts gRPC error messages at this many characters (grpc_status_util.cc).
 GRPC_MESSAGE_LIMIT = 1024
