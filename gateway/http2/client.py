@@ -137,11 +137,13 @@ class H2ClientConnection(H2Connection):
                 stream.waiter.set_exception(Unprocessed())
         if not self.streams and self.transport is not None:
             self.closed = True
+            self._flush()  # what the last streams wrote is still corked
             self.transport.close()
 
     def _on_closed(self, stream: Stream) -> None:
         if self.goaway_received is not None and not self.streams and self.transport is not None:
             self.closed = True
+            self._flush()  # what the last streams wrote is still corked
             self.transport.close()
 
     def connection_lost(self, exc: Exception | None) -> None:

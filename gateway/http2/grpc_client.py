@@ -28,7 +28,7 @@ from gateway.http2.client import (
     StreamReset,
     Unprocessed,
 )
-from gateway.http2.hpack import encode_field
+from gateway.http2.hpack import Headers, encode_field
 from gateway.http2.modelspec import GrpcPath, SpecMemo
 from gateway.http2.stream import H2Limits, Stream
 from gateway.replicas import ReplicaState
@@ -42,6 +42,7 @@ _SKIP = frozenset({"user-agent", "grpc-timeout", "grpc-encoding", "grpc-accept-e
 _TRANSPORT = frozenset({"content-type", "grpc-encoding", "grpc-accept-encoding", "grpc-status",
                         "grpc-message", "te"})
 _MAX_RESENDS = 3
+Metadata = tuple[tuple[str, str | bytes], ...]
 _MEMO_MAX = 1024
 
 
@@ -59,6 +60,8 @@ class NativeGrpcForwarder:
         self._enc = self.pool.encoder
         self._prefix: dict[tuple[str, str], bytes] = {}
         self._probe: GrpcForwarder | None = None
+        self._heads: dict[Headers, tuple[str, str | None, tuple[tuple[str, str], ...]]] = {}
+        self._tails: dict[Headers, tuple[int, str, Metadata]] = {}
 
     def channel(self, addr: str) -> grpc.aio.Channel:
         """A grpc.aio channel to `addr`, for the health checker's GetModelStatus probes of
@@ -145,7 +148,36 @@ class NativeGrpcForwarder:
         raise ReplicaUnavailable(f"replica {replica.name} kept refusing the call")
 
     def _answer(self, stream: Stream, replica: str, version: int | None) -> Answer:
-        headers, trailers = stream.headers, stream.trailers
+        head = self._heads.get(stream.headers)
+        if head is None:
+            head = self._parse_head(stream.headers)
+        status, encoding, initial = head
+        trailers = stream.trailers
+        trailers_only = any(k == ":status" for k, _ in trailers)  # pseudo: not a trailer
+        if status != "200":
+            code = g.HTTP_TO_GRPC.get(int(status) if status.isdigit() else 0, g.UNKNOWN)
+            return Answer(code, b"", [] if trailers_only else list(initial), (),
+                          f"Received http2 header with status: {status}", replica=replica,
+                          version=version)
+        tail = self._tails.get(trailers)
+        if tail is None:
+            tail = self._parse_trailers(trailers)
+        code, details, trailing = tail
+        answer_initial = [] if trailers_only else list(initial)
+        if code != 0:
+            return Answer(code, b"", answer_initial, trailing, details, replica=replica,
+                          version=version)
+        try:
+            body = g.unframe(stream.body(), encoding, self._max)
+        except g.MessageError as exc:
+            return Answer(exc.code, b"", answer_initial, trailing, str(exc), replica=replica,
+                          version=version)
+        return Answer(0, body, answer_initial, trailing, replica=replica, version=version)
+
+    # Answer heads and trailers repeat (the decoder returns the same tuple for a repeated
+    # block), so their reading is remembered by the tuple.
+
+    def _parse_head(self, headers: Headers) -> tuple[str, str | None, tuple[tuple[str, str], ...]]:
         status = ""
         encoding = None
         initial: list[tuple[str, str]] = []
@@ -157,12 +189,13 @@ class NativeGrpcForwarder:
                 encoding = v
             elif k not in _TRANSPORT:
                 initial.append((k, v))
-        trailers_only = any(k == ":status" for k, _ in trailers)  # pseudo: not a trailer
-        if status != "200":
-            code = g.HTTP_TO_GRPC.get(int(status) if status.isdigit() else 0, g.UNKNOWN)
-            return Answer(code, b"", [] if trailers_only else initial, (),
-                          f"Received http2 header with status: {status}", replica=replica,
-                          version=version)
+        head = (status, encoding, tuple(initial))
+        if len(self._heads) >= _MEMO_MAX:
+            self._heads.clear()
+        self._heads[headers] = head
+        return head
+
+    def _parse_trailers(self, trailers: Headers) -> tuple[int, str, Metadata]:
         code_s = None
         details = ""
         trailing: list[tuple[str, str | bytes]] = []
@@ -178,20 +211,13 @@ class NativeGrpcForwarder:
             else:
                 trailing.append((k, v))
         if code_s is None or not code_s.isdigit():
-            return Answer(g.UNKNOWN, b"", initial, tuple(trailing), "missing grpc-status",
-                          replica=replica, version=version)
-        code = int(code_s)
-        if trailers_only:
-            initial = []
-        if code != 0:
-            return Answer(code, b"", initial, tuple(trailing), details, replica=replica,
-                          version=version)
-        try:
-            body = g.unframe(stream.body(), encoding, self._max)
-        except g.MessageError as exc:
-            return Answer(exc.code, b"", initial, tuple(trailing), str(exc), replica=replica,
-                          version=version)
-        return Answer(0, body, initial, tuple(trailing), replica=replica, version=version)
+            tail = (g.UNKNOWN, "missing grpc-status", tuple(trailing))
+        else:
+            tail = (int(code_s), details, tuple(trailing))
+        if len(self._tails) >= _MEMO_MAX:
+            self._tails.clear()
+        self._tails[trailers] = tail
+        return tail
 
     def retryable(self, answer: Answer) -> bool:
         return answer.status == g.UNAVAILABLE

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from gateway.call import Answer, Call
 from gateway.errors import GatewayError, ShuttingDown
 from gateway.http2 import grpcwire as gw_
-from gateway.http2.hpack import HpackEncoder, encode_field
+from gateway.http2.hpack import Headers, HpackEncoder, encode_field
 from gateway.http2.modelspec import GrpcPath, SpecMemo
 from gateway.http2.server import H2ServerConnection
 from gateway.http2.stream import Stream
@@ -46,6 +48,9 @@ _RESERVED = frozenset({"content-type", "te", "grpc-timeout", "grpc-encoding",
 _NOT_RELAYED = frozenset({"content-type", "content-length", "grpc-encoding",
                           "grpc-accept-encoding", "grpc-status", "grpc-message", "te"})
 _MEMO_MAX = 4096
+# :path, :method, content-type, grpc-encoding, grpc-timeout, metadata (text), metadata (all)
+_Parsed = tuple[str | None, str | None, str | None, str | None, str | None, Mapping[str, str],
+                tuple[tuple[str, str], ...]]
 
 
 class NativeGrpcIngress:
@@ -62,6 +67,8 @@ class NativeGrpcIngress:
         self._own = encoder.encode([("x-infergate-replica", ""), ("x-infergate-version", ""),
                                     ("x-infergate-cache", "miss")])
         self._tails: dict[tuple[str, int | None, str], bytes] = {}
+        self._parsed: dict[Headers, _Parsed] = {}
+        self._md_blocks: dict[tuple[tuple[str, str | bytes], ...], bytes] = {}
 
     # ---- H2App ---------------------------------------------------------------------------
 
@@ -78,26 +85,10 @@ class NativeGrpcIngress:
     async def _serve(self, conn: H2ServerConnection, stream: Stream) -> None:
         gw = self.gw
         t0 = time.monotonic()
-        path = method_ = ctype = encoding = timeout = None
-        md: dict[str, str] = {}  # one text value per name: what routing reads
-        received: list[tuple[str, str]] = []  # everything, in order: what the replica gets
-        for k, v in stream.headers:
-            if k[0] == ":":
-                if k == ":path":
-                    path = v
-                elif k == ":method":
-                    method_ = v
-            elif k in _RESERVED:
-                if k == "content-type":
-                    ctype = v
-                elif k == "grpc-timeout":
-                    timeout = v
-                elif k == "grpc-encoding":
-                    encoding = v
-            else:
-                received.append((k, v))
-                if not k.endswith("-bin"):
-                    md[k] = v
+        parsed = self._parsed.get(stream.headers)
+        if parsed is None:
+            parsed = self._parse(stream.headers)
+        path, method_, ctype, encoding, timeout, md, received = parsed
         if method_ != "POST" or path is None:
             self._trailers_only(conn, stream, gw_.INTERNAL, "gRPC calls use POST with a :path")
             return
@@ -128,7 +119,7 @@ class NativeGrpcIngress:
             target = GrpcPath(path)
             target.body = body
             target.spec_end = -1
-            target.wire_metadata = tuple(received)
+            target.wire_metadata = received
             if method not in ("other", "reload"):
                 spec, target.spec_end = self.specs.spec(body, method == "multi_inference")
             if spec is None or not spec.name:
@@ -151,6 +142,36 @@ class NativeGrpcIngress:
         gw.observe_call("grpc", call.model, answer, str(answer.status), t0)
         self._reply(conn, stream, answer)
 
+    def _parse(self, headers: Headers) -> _Parsed:
+        """The request head in the pieces a call needs. Header lists repeat (the decoder
+        returns the same tuple for a repeated block), so the result is remembered by it; the
+        metadata mapping is therefore shared between calls, read-only as Call.headers is."""
+        path = method_ = ctype = encoding = timeout = None
+        md: dict[str, str] = {}  # one text value per name: what routing reads
+        received: list[tuple[str, str]] = []  # everything, in order: what the replica gets
+        for k, v in headers:
+            if k[0] == ":":
+                if k == ":path":
+                    path = v
+                elif k == ":method":
+                    method_ = v
+            elif k in _RESERVED:
+                if k == "content-type":
+                    ctype = v
+                elif k == "grpc-timeout":
+                    timeout = v
+                elif k == "grpc-encoding":
+                    encoding = v
+            else:
+                received.append((k, v))
+                if not k.endswith("-bin"):
+                    md[k] = v
+        parsed = (path, method_, ctype, encoding, timeout, MappingProxyType(md), tuple(received))
+        if len(self._parsed) >= _MEMO_MAX:
+            self._parsed.clear()
+        self._parsed[headers] = parsed
+        return parsed
+
     def _reply(self, conn: H2ServerConnection, stream: Stream, a: Answer) -> None:
         head = self._head_200 + self._metadata(a.headers) + self._tail(a)
         if a.status == 0:
@@ -165,15 +186,27 @@ class NativeGrpcIngress:
             trailer += self._metadata(a.trailers)
         conn.respond(stream, head, data, trailer)
 
-    def _metadata(self, pairs: object) -> bytes:
+    def _metadata(self, pairs: Iterable[tuple[str, str | bytes]]) -> bytes:
+        """Metadata pairs as a header block fragment, remembered per list of pairs (replicas
+        send the same few lists over and over)."""
+        key = tuple(pairs)
+        if not key:
+            return b""
+        enc = self._md_blocks.get(key)
+        if enc is not None:
+            return enc
         out = []
-        for k, v in pairs:  # type: ignore[attr-defined]
+        for k, v in key:
             if k in _NOT_RELAYED or k[0] == ":" or k.startswith("x-infergate-"):
                 continue
             if isinstance(v, bytes):
                 v = gw_.encode_bin(v)
-            out.append(self.enc.field(k, v))
-        return b"".join(out)
+            out.append(encode_field(k, v))
+        enc = b"".join(out)
+        if len(self._md_blocks) >= _MEMO_MAX:
+            self._md_blocks.clear()
+        self._md_blocks[key] = enc
+        return enc
 
     def _tail(self, a: Answer) -> bytes:
         key = (a.replica, a.version, a.cache)

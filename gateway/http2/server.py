@@ -179,4 +179,5 @@ class H2ServerConnection(H2Connection):
     def _maybe_close_drained(self) -> None:
         if self._final_goaway is not None and not self.streams and self.transport is not None:
             self.closed = True
+            self._flush()  # what the last streams wrote is still corked
             self.transport.close()
