@@ -76,7 +76,8 @@ class Runtime:
         r = self.routers.get(model)
         if r is None:
             r = default_router(model, self.cfg.default_balance)
-            self.routers[model] = r
+            if self.replicas.knows(model):  # keep only routers of models a replica serves
+                self.routers[model] = r
         return r
 
     def hedge_for(self, model: str | None) -> Hedge | None:
@@ -269,7 +270,8 @@ class Gateway:
             self.bound["rest"] = self._rest_server.sockets[0].getsockname()[1]
         elif cfg.listen.rest:
             host, port = _split(cfg.listen.rest)
-            server = web.Server(RestIngress(self).handle, access_log=None)
+            # Bodies are forwarded as received (gzip included): the replica decompresses them.
+            server = web.Server(RestIngress(self).handle, access_log=None, auto_decompress=False)
             self._rest_server = await loop.create_server(server, host, port, backlog=1024,
                                                          reuse_address=True,
                                                          reuse_port=self.reuse_port or None,

@@ -21,7 +21,9 @@ import logging
 import math
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 import aiohttp
 import grpc
@@ -145,6 +147,7 @@ class HealthChecker:
         self.gw = gw
         self._session: aiohttp.ClientSession | None = None
         self._discovering: dict[str, asyncio.Future[None]] = {}
+        self._refreshing: dict[str, asyncio.Future[None]] = {}
         self._absent: dict[str, float] = {}
         self.discovered: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
@@ -172,7 +175,7 @@ class HealthChecker:
 
     async def _probe_model(self, r: ReplicaState, model: str, timeout: float) -> dict[int, str]:
         if r.cfg.rest is not None:
-            url = f"http://{r.cfg.rest}/v1/models/{model}"
+            url = f"http://{r.cfg.rest}/v1/models/{quote(model, safe='')}"
             try:
                 async with self.session().get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
                     body = await resp.read()
@@ -241,44 +244,61 @@ class HealthChecker:
                 log.exception("health probe round failed")
             await asyncio.sleep(self.gw.runtime.cfg.health.interval_s)
 
+    async def _once(self, pending: dict[str, asyncio.Future[None]], model: str,
+                    work: Callable[[], Awaitable[None]]) -> None:
+        """Run `work` for `model` once however many calls ask at the same time."""
+        fut = pending.get(model)
+        if fut is None:
+            fut = asyncio.get_running_loop().create_future()
+            pending[model] = fut
+
+            async def run(done: asyncio.Future[None]) -> None:
+                try:
+                    await work()
+                finally:
+                    pending.pop(model, None)
+                    if not done.done():
+                        done.set_result(None)
+
+            spawn(run(fut), f"probe-{model[:40]}")
+        await asyncio.shield(fut)
+
+    async def _probe_everywhere(self, model: str) -> None:
+        reps = self.gw.runtime.replicas
+        timeout = self.gw.runtime.cfg.health.timeout_s
+
+        async def one(r: ReplicaState) -> None:
+            try:
+                r.versions[model] = await self._probe_model(r, model, timeout)
+            except ProbeError:
+                return
+
+        await asyncio.gather(*(one(r) for r in reps.all))
+        reps.rebuild()
+
+    async def refresh(self, model: str) -> None:
+        """Probe every replica for `model` now (a version the gateway chose was not found)."""
+        await self._once(self._refreshing, model, lambda: self._probe_everywhere(model))
+
     async def discover(self, model: str) -> None:
         """Probe every replica for a model the gateway has not seen; calls share one probe."""
         if time.monotonic() < self._absent.get(model, 0.0):
             return
-        fut = self._discovering.get(model)
-        if fut is None:
-            fut = asyncio.get_running_loop().create_future()
-            self._discovering[model] = fut
-            spawn(self._discover(model, fut), f"discover-{model[:40]}")
-        await asyncio.shield(fut)
+        await self._once(self._discovering, model, lambda: self._discover(model))
 
-    async def _discover(self, model: str, fut: asyncio.Future[None]) -> None:
-        try:
-            reps = self.gw.runtime.replicas
-            timeout = self.gw.runtime.cfg.health.timeout_s
-
-            async def one(r: ReplicaState) -> None:
-                try:
-                    r.versions[model] = await self._probe_model(r, model, timeout)
-                except ProbeError:
-                    return
-
-            await asyncio.gather(*(one(r) for r in reps.all))
-            reps.rebuild()
-            if reps.knows(model) and any(r.versions.get(model) for r in reps.all):
-                if len(self.discovered) < MAX_DISCOVERED:
-                    self.discovered.add(model)
-            else:
-                for r in reps.all:
-                    r.versions.pop(model, None)
-                reps.rebuild()
-                self._absent[model] = time.monotonic() + ABSENT_TTL_S
-                if len(self._absent) > MAX_DISCOVERED:
-                    self._absent = {k: v for k, v in self._absent.items() if v > time.monotonic()}
-        finally:
-            self._discovering.pop(model, None)
-            if not fut.done():
-                fut.set_result(None)
+    async def _discover(self, model: str) -> None:
+        await self._probe_everywhere(model)
+        reps = self.gw.runtime.replicas
+        if reps.knows(model) and any(r.versions.get(model) for r in reps.all):
+            if len(self.discovered) < MAX_DISCOVERED:
+                self.discovered.add(model)
+            return
+        for r in reps.all:
+            r.versions.pop(model, None)
+        reps.rebuild()
+        self._absent[model] = time.monotonic() + ABSENT_TTL_S
+        if len(self._absent) > MAX_DISCOVERED:
+            self._absent = {k: v for k, v in self._absent.items() if v > time.monotonic()}
 
     # ---- load metrics ---------------------------------------------------------------------
 

@@ -46,6 +46,7 @@ MAX_EJECTION_S = 300.0
 
 CACHEABLE = frozenset({"predict", "classify", "regress", "multi_inference"})
 DEADLINE_CODE = 4  # grpc.StatusCode.DEADLINE_EXCEEDED
+NOT_FOUND_CODE = 5  # grpc.StatusCode.NOT_FOUND
 
 
 class Pipeline:
@@ -73,12 +74,35 @@ class Pipeline:
 
         model = call.model
         if not model:
+            if call.method == "reload":
+                return await self._broadcast(call, fwd, now)
             return await self._send(call, fwd, self._any(now), None, "", now)
         if not rt.replicas.knows(model):
             await gw.health.discover(model)
         router = rt.router(model)
         if not router.authorized(call.headers):
             raise Unauthenticated(f"Missing or invalid API key for model {model}")
+        answer = await self._route(call, fwd, router, now)
+        if self._chosen_version_vanished(call, router, answer):
+            # The gateway picked the version from its last probe and that replica has just
+            # unloaded it (TF Serving unloads the old latest as soon as a new one is AVAILABLE):
+            # look again now and route once more, instead of relaying a 404 the client never
+            # asked for.
+            gw.metrics.retries.labels(gw.model_label(model)).inc()
+            await gw.health.refresh(model)
+            answer = await self._route(call, fwd, router, time.monotonic())
+        return answer
+
+    def _chosen_version_vanished(self, call: Call, router: ModelRouter, answer: Answer) -> bool:
+        if call.version is not None or call.method == "status" or answer.cache == "hit":
+            return False
+        if call.label is not None and call.label not in router.labels:
+            return False  # the replica resolved that label, not the gateway
+        return answer.status == (NOT_FOUND_CODE if call.protocol == "grpc" else 404)
+
+    async def _route(self, call: Call, fwd: Forwarder, router: ModelRouter, now: float) -> Answer:
+        gw = self.gw
+        model = router.name
         version, candidates, arm = self._resolve(call, router, now)
         if not candidates:
             return await self._unroutable(call, fwd, router, version, now)
@@ -188,6 +212,20 @@ class Pipeline:
         # Forward with the version the gateway resolved, so a gateway-owned label that points at
         # a version no replica has gets the replica's own "servable not found".
         return await self._send(call, fwd, self._any(now), wanted, "", now)
+
+    async def _broadcast(self, call: Call, fwd: Forwarder, now: float) -> Answer:
+        """HandleReloadConfigRequest changes a replica's model config: send it to every
+        routable replica; the answer is the first failure, or the first success."""
+        replicas = self._any(now)
+        results = await asyncio.gather(*(self._try(call, fwd, r, None, 30.0) for r in replicas))
+        for res in results:
+            if isinstance(res, GatewayError):
+                raise res
+            if not res.ok(call.protocol):
+                return res
+        first = results[0]
+        assert isinstance(first, Answer)
+        return first
 
     def _any(self, now: float) -> list[ReplicaState]:
         reps = self.gw.runtime.replicas.routable(now)

@@ -60,9 +60,6 @@ def case(id: str, method: str, path: str, expect: int, body: Any = None, marks: 
 # and answers 400; a body that is not gzip at all makes aiohttp raise and the gateway answer 500.
 # Fix: web.Server(..., auto_decompress=False), so the bytes travel as sent (as the native engine
 # does).
-GZIP_BUG = ("compat", "app.py: the compat REST listener inflates gzip bodies "
-            "(needs web.Server(auto_decompress=False))")
-
 
 def big_body() -> dict[str, Any]:
     """A ~10 MB predict body: one base64 tf.Example carrying 7.5 MB of padding. (Ten megabytes of
@@ -95,12 +92,11 @@ CASES = [
     case("predict-nan", "POST", f"{M}:predict", 200,
          raw=b'{"instances": [NaN, Infinity, -Infinity]}'),
     case("predict-gzip", "POST", f"{M}:predict", 200, raw=gzip.compress(json.dumps(ROWS).encode()),
-         headers={"Content-Encoding": "gzip"}, known_bug=GZIP_BUG),
+         headers={"Content-Encoding": "gzip"}),
     case("predict-gzip-label", "POST", f"{M}/labels/stable:predict", 200,
-         raw=gzip.compress(json.dumps(ROWS).encode()), headers={"Content-Encoding": "gzip"},
-         known_bug=GZIP_BUG),
+         raw=gzip.compress(json.dumps(ROWS).encode()), headers={"Content-Encoding": "gzip"},),
     case("predict-gzip-corrupt", "POST", f"{M}:predict", 400, raw=b"not gzip at all",
-         headers={"Content-Encoding": "gzip"}, known_bug=GZIP_BUG),
+         headers={"Content-Encoding": "gzip"}),
     case("predict-10mb", "POST", f"{M}/versions/1:predict", 200, big_body()),
     # classify / regress
     case("classify", "POST", f"{M}:classify", 200,
