@@ -99,7 +99,7 @@ class RestForwarder:
                 body = await resp.read()
                 relay = [(k, resp.headers[k]) for k in _RELAY if k in resp.headers]
                 return Answer(resp.status, body, relay, replica=replica.name, version=version)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise DeadlineExceeded("Deadline Exceeded") from None
         except (aiohttp.ClientError, OSError) as exc:
             raise ReplicaUnavailable(f"replica {replica.name} unreachable: {type(exc).__name__}") from None
