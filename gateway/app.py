@@ -98,12 +98,14 @@ class Gateway:
                                        on_change=self._on_rollout_change, metrics=self.metrics)
         self.rollouts.configure(cfg.models)
         self.runtime = Runtime(cfg, overrides=self._overrides)
-        native = cfg.listen.engine == "native"
+        # The native engines speak plain HTTP/1.1 and h2c upstream; TLS to replicas goes through
+        # the compat forwarders.
+        native = cfg.listen.engine == "native" and cfg.upstream_tls is None
         self.rest_fwd: RestForwarder | NativeRestForwarder = (
-            NativeRestForwarder() if native else RestForwarder())
+            NativeRestForwarder() if native else RestForwarder(cfg.upstream_tls))
         self.grpc_fwd: GrpcForwarder | NativeGrpcForwarder = (
             NativeGrpcForwarder(cfg.limits.max_message_bytes) if native
-            else GrpcForwarder(cfg.limits.max_message_bytes))
+            else GrpcForwarder(cfg.limits.max_message_bytes, cfg.upstream_tls))
         self.reuse_port = False  # set by `infergate run --workers N`: N processes share ports
         self.serve_admin = True  # only the first worker serves the admin API
         self.health = HealthChecker(self)
@@ -238,6 +240,8 @@ class Gateway:
     def _check_static(self, cfg: GatewayConfig) -> None:
         if cfg.listen != self.runtime.cfg.listen:
             raise ValueError("listen: addresses cannot change without a restart")
+        if cfg.upstream_tls != self.runtime.cfg.upstream_tls:
+            raise ValueError("upstream_tls: cannot change without a restart")
 
     async def _watch_config(self) -> None:
         while True:

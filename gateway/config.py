@@ -45,6 +45,28 @@ class Tls(_Frozen):
         return self
 
 
+class UpstreamTls(_Frozen):
+    """TLS (and mTLS with cert + key) from the gateway to every replica's gRPC port (TF Serving's
+    --ssl_config_file), and to its REST port too with `rest: true` (TF Serving's REST API has no
+    TLS of its own; use that with a TLS-terminating sidecar)."""
+
+    rest: bool = False
+    ca: str | None = None  # PEM CA bundle that signed the replicas' certificates (None: system)
+    cert: str | None = None  # client certificate for mTLS
+    key: str | None = None
+    server_name: str | None = None  # name to verify instead of the replica's host
+
+    @model_validator(mode="after")
+    def _files(self) -> UpstreamTls:
+        if (self.cert is None) != (self.key is None):
+            raise ValueError("cert and key go together (mTLS)")
+        for name in ("ca", "cert", "key"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"{name}: no such file: {path}")
+        return self
+
+
 class Listen(_Frozen):
     rest: str | None = "0.0.0.0:8501"
     grpc: str | None = "0.0.0.0:8500"
@@ -315,6 +337,7 @@ class GatewayConfig(_Frozen):
     state_file: str | None = None
     default_balance: str = "round_robin"
     scale_eval_s: float = Field(default=5.0, gt=0)
+    upstream_tls: UpstreamTls | None = None
     admin_token: str | None = Field(default=None, min_length=16)
     admin_token_file: str | None = None
 

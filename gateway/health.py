@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -31,6 +32,7 @@ import orjson
 
 from gateway.replicas import ReplicaState
 from gateway.tasks import spawn
+from gateway.upstream import client_ssl, rest_base
 from gateway.wire import LEN, VARINT, WireError, encode_varint, iter_fields, read_varint
 
 if TYPE_CHECKING:
@@ -148,6 +150,8 @@ class HealthChecker:
         self._session: aiohttp.ClientSession | None = None
         self._discovering: dict[str, asyncio.Future[None]] = {}
         self._refreshing: dict[str, asyncio.Future[None]] = {}
+        self._ssl_ctx: ssl.SSLContext | None = None
+        self._ssl_for: object = None
         self._absent: dict[str, float] = {}
         self.discovered: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
@@ -156,6 +160,14 @@ class HealthChecker:
         if self._session is None:
             self._session = aiohttp.ClientSession()
         return self._session
+
+    def _ssl(self) -> ssl.SSLContext | bool:
+        tls = self.gw.runtime.cfg.upstream_tls
+        if tls is None or not tls.rest:
+            return True
+        if self._ssl_for is not tls:
+            self._ssl_ctx, self._ssl_for = client_ssl(tls), tls
+        return self._ssl_ctx or True
 
     def watched(self) -> set[str]:
         return set(self.gw.runtime.cfg.models) | self.discovered
@@ -175,9 +187,14 @@ class HealthChecker:
 
     async def _probe_model(self, r: ReplicaState, model: str, timeout: float) -> dict[int, str]:
         if r.cfg.rest is not None:
-            url = f"http://{r.cfg.rest}/v1/models/{quote(model, safe='')}"
+            tls = self.gw.runtime.cfg.upstream_tls
+            url = f"{rest_base(r.cfg.rest, tls)}/v1/models/{quote(model, safe='')}"
             try:
-                async with self.session().get(url, timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
+                async with self.session().get(url, timeout=aiohttp.ClientTimeout(total=timeout),
+                                              ssl=self._ssl(),
+                                              server_hostname=(tls.server_name if tls and tls.rest
+                                                               else None)
+                                              ) as resp:
                     body = await resp.read()
                     if resp.status == 404:
                         return {}

@@ -12,6 +12,8 @@ ReplicaUnavailable, and a replica's own error comes back as an Answer.
 from __future__ import annotations
 
 import asyncio
+import ssl
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -19,6 +21,7 @@ import grpc
 from yarl import URL
 
 from gateway.call import Answer, Call
+from gateway.config import UpstreamTls
 from gateway.errors import DeadlineExceeded, ReplicaUnavailable
 from gateway.replicas import ReplicaState
 from gateway.wire import RestRequest, rest_path_for, rewrite_version
@@ -64,11 +67,28 @@ def _grpc_options(max_message: int) -> list[tuple[str, Any]]:
     ]
 
 
+def client_ssl(tls: UpstreamTls | None) -> ssl.SSLContext | None:
+    """The TLS context for HTTPS to replicas (mTLS when a client certificate is configured)."""
+    if tls is None or not tls.rest:
+        return None
+    ctx = ssl.create_default_context(cafile=tls.ca)
+    if tls.cert and tls.key:
+        ctx.load_cert_chain(tls.cert, tls.key)
+    return ctx
+
+
+def rest_base(addr: str, tls: UpstreamTls | None) -> str:
+    return f"{'https' if tls and tls.rest else 'http'}://{addr}"
+
+
 class RestForwarder:
     """Forwards REST calls over a shared aiohttp keep-alive pool."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: UpstreamTls | None = None) -> None:
         self._session: aiohttp.ClientSession | None = None
+        self._tls = tls
+        self._ssl: ssl.SSLContext | bool = client_ssl(tls) or True
+        self._server_name = tls.server_name if tls and tls.rest else None
 
     def _pool(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -93,7 +113,9 @@ class RestForwarder:
         http_method = req.http_method
         try:
             async with self._pool().request(
-                http_method, URL(f"http://{addr}{path}", encoded=True), data=call.body if call.body else None,
+                http_method, URL(rest_base(addr, self._tls) + path, encoded=True),
+                data=call.body if call.body else None, ssl=self._ssl,
+                server_hostname=self._server_name,
                 headers=headers, timeout=aiohttp.ClientTimeout(total=timeout),
             ) as resp:
                 body = await resp.read()
@@ -116,14 +138,26 @@ class RestForwarder:
 class GrpcForwarder:
     """Forwards gRPC calls as raw bytes over one channel per replica."""
 
-    def __init__(self, max_message: int) -> None:
+    def __init__(self, max_message: int, tls: UpstreamTls | None = None) -> None:
         self._max = max_message
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._creds: grpc.ChannelCredentials | None = None
+        self._options = _grpc_options(max_message)
+        if tls is not None:
+            self._creds = grpc.ssl_channel_credentials(
+                root_certificates=Path(tls.ca).read_bytes() if tls.ca else None,
+                private_key=Path(tls.key).read_bytes() if tls.key else None,
+                certificate_chain=Path(tls.cert).read_bytes() if tls.cert else None)
+            if tls.server_name:
+                self._options.append(("grpc.ssl_target_name_override", tls.server_name))
 
     def channel(self, addr: str) -> grpc.aio.Channel:
         ch = self._channels.get(addr)
         if ch is None:
-            ch = grpc.aio.insecure_channel(addr, options=_grpc_options(self._max))
+            if self._creds is None:
+                ch = grpc.aio.insecure_channel(addr, options=self._options)
+            else:
+                ch = grpc.aio.secure_channel(addr, self._creds, options=self._options)
             self._channels[addr] = ch
         return ch
 
