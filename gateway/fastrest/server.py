@@ -363,6 +363,9 @@ class HttpServerProtocol(asyncio.Protocol):
             if self._progress != self._seen_progress:
                 self._phase_since = now
         elif now - self._phase_since > lim.idle_timeout_s:
+            t = self._transport
+            if t.get_write_buffer_size():
+                t.abort()  # a client that stopped reading our answers: nothing to wait for
             self._close()
             return
         self._seen_progress = self._progress
