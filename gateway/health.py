@@ -169,6 +169,10 @@ class HealthChecker:
             self._ssl_ctx, self._ssl_for = client_ssl(tls), tls
         return self._ssl_ctx or True
 
+    def _server_name(self) -> str | None:
+        tls = self.gw.runtime.cfg.upstream_tls
+        return tls.server_name if tls is not None and tls.rest else None
+
     def watched(self) -> set[str]:
         return set(self.gw.runtime.cfg.models) | self.discovered
 
@@ -191,9 +195,7 @@ class HealthChecker:
             url = f"{rest_base(r.cfg.rest, tls)}/v1/models/{quote(model, safe='')}"
             try:
                 async with self.session().get(url, timeout=aiohttp.ClientTimeout(total=timeout),
-                                              ssl=self._ssl(),
-                                              server_hostname=(tls.server_name if tls and tls.rest
-                                                               else None)
+                                              ssl=self._ssl(), server_hostname=self._server_name()
                                               ) as resp:
                     body = await resp.read()
                     if resp.status == 404:
@@ -324,8 +326,14 @@ class HealthChecker:
         if url is None:
             return
         hc = self.gw.runtime.cfg.health
+        # With `upstream_tls.rest`, an https metrics URL is the replica's TLS sidecar: it takes
+        # the same CA, client certificate and server name as the REST port.
+        https = url.startswith("https://")
         try:
-            async with self.session().get(url, timeout=aiohttp.ClientTimeout(total=hc.timeout_s)) as resp:
+            async with self.session().get(url, timeout=aiohttp.ClientTimeout(total=hc.timeout_s),
+                                          ssl=self._ssl() if https else True,
+                                          server_hostname=self._server_name() if https else None
+                                          ) as resp:
                 if resp.status != 200:
                     raise ValueError(f"status {resp.status}")
                 text = (await resp.read()).decode("utf-8", "replace")
