@@ -6,16 +6,20 @@ leaves REST off unless asked). TF Serving flags the replica has no use for are a
 logged as ignored; an unknown flag is an error, as in TF Serving. The replica's own additions are
 ``--host`` and the test knobs, all off by default.
 
-The MonitoringConfig proto is not shipped in the tensorflow-serving-api wheel, so its two small
-messages are declared here (fields as in tensorflow_serving/config/monitoring_config.proto) in a
-private descriptor pool.
+The MonitoringConfig and SSLConfig protos are not shipped in the tensorflow-serving-api wheel, so
+their small messages are declared here (fields as in tensorflow_serving/config/
+monitoring_config.proto and ssl_config.proto) in a private descriptor pool. An SSLConfig file holds
+the PEM texts themselves (not paths), written as text-proto strings with ``\\n`` escapes.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import ssl
+import tempfile
 from dataclasses import dataclass, field
+from typing import Any
 
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory, text_format
 from google.protobuf.message import Message
@@ -38,7 +42,6 @@ IGNORED_FLAGS = (
     "load_retry_interval_micros",
     "flush_filesystem_caches",
     "use_alts_credentials",
-    "ssl_config_file",
     "platform_config_file",
     "grpc_channel_arguments",
     "grpc_max_threads",
@@ -81,6 +84,7 @@ class ReplicaOptions:
     model_config_poll_s: float = 0.0
     file_system_poll_s: float = 1.0
     monitoring_config_file: str = ""
+    ssl_config_file: str = ""
     rest_timeout_ms: int = 30000
     cors: bool = False
     allow_labels_for_unavailable: bool = False
@@ -117,6 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     flag("--model_config_file_poll_wait_seconds", type=float, default=0.0)
     flag("--file_system_poll_wait_seconds", type=float, default=1.0)
     flag("--monitoring_config_file", default="", help="text-proto MonitoringConfig")
+    flag("--ssl_config_file", default="", help="text-proto SSLConfig: TLS (and mTLS) on the gRPC port")
     flag("--rest_api_timeout_in_ms", type=int, default=30000)
     for name in (
         "rest_api_enable_cors_support",
@@ -162,6 +167,7 @@ def parse_args(argv: list[str]) -> ReplicaOptions:
         model_config_poll_s=args.model_config_file_poll_wait_seconds,
         file_system_poll_s=args.file_system_poll_wait_seconds,
         monitoring_config_file=args.monitoring_config_file,
+        ssl_config_file=args.ssl_config_file,
         rest_timeout_ms=args.rest_api_timeout_in_ms,
         cors=args.rest_api_enable_cors_support,
         allow_labels_for_unavailable=args.allow_version_labels_for_unavailable_models,
@@ -189,14 +195,29 @@ def read_model_config(path: str) -> model_server_config_pb2.ModelServerConfig:
         return text_format.Parse(handle.read(), model_server_config_pb2.ModelServerConfig())
 
 
-def _monitoring_config_class() -> type[Message]:
+@dataclass(frozen=True)
+class SslConfig:
+    """An SSLConfig message: PEM texts for the gRPC port's TLS, and whether clients must show a
+    certificate signed by ``custom_ca``."""
+
+    server_key: str
+    server_cert: str
+    custom_ca: str
+    client_verify: bool
+
+
+def _config_classes() -> dict[str, type[Message]]:
     fd = descriptor_pb2.FileDescriptorProto(
-        name="infergate/replica/monitoring_config.proto", package="tensorflow.serving", syntax="proto3"
+        name="infergate/replica/serving_configs.proto", package="tensorflow.serving", syntax="proto3"
     )
     fdp = descriptor_pb2.FieldDescriptorProto
+
+    def scalar(message: descriptor_pb2.DescriptorProto, name: str, number: int, kind: int) -> None:
+        message.field.add(name=name, number=number, type=kind, label=fdp.LABEL_OPTIONAL)
+
     prometheus = fd.message_type.add(name="PrometheusConfig")
-    prometheus.field.add(name="enable", number=1, type=fdp.TYPE_BOOL, label=fdp.LABEL_OPTIONAL)
-    prometheus.field.add(name="path", number=2, type=fdp.TYPE_STRING, label=fdp.LABEL_OPTIONAL)
+    scalar(prometheus, "enable", 1, fdp.TYPE_BOOL)
+    scalar(prometheus, "path", 2, fdp.TYPE_STRING)
     monitoring = fd.message_type.add(name="MonitoringConfig")
     monitoring.field.add(
         name="prometheus_config",
@@ -205,18 +226,67 @@ def _monitoring_config_class() -> type[Message]:
         label=fdp.LABEL_OPTIONAL,
         type_name=".tensorflow.serving.PrometheusConfig",
     )
+    ssl = fd.message_type.add(name="SSLConfig")
+    scalar(ssl, "server_key", 1, fdp.TYPE_STRING)
+    scalar(ssl, "server_cert", 2, fdp.TYPE_STRING)
+    scalar(ssl, "custom_ca", 3, fdp.TYPE_STRING)
+    scalar(ssl, "client_verify", 4, fdp.TYPE_BOOL)
     pool = descriptor_pool.DescriptorPool()
     pool.Add(fd)
-    cls: type[Message] = message_factory.GetMessageClass(
-        pool.FindMessageTypeByName("tensorflow.serving.MonitoringConfig")
+    return {
+        name: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"tensorflow.serving.{name}"))
+        for name in ("MonitoringConfig", "SSLConfig")
+    }
+
+
+def _read_text_proto(path: str, message_name: str) -> Any:
+    with open(path, encoding="utf-8") as handle:
+        return text_format.Parse(handle.read(), _config_classes()[message_name]())
+
+
+def read_ssl_config(path: str) -> SslConfig:
+    """Parse a text-proto SSLConfig; OSError, text_format.ParseError or ValueError on failure.
+
+    TF Serving hands the PEM texts to gRPC as they are, and gRPC only finds a bad one when the
+    port is opened, where it looks like a failed bind. Missing or unloadable PEMs (a key that is
+    not the certificate's, a CA that is not a certificate) are refused here instead, with a
+    message that says so, before any model is loaded.
+    """
+    config = _read_text_proto(path, "SSLConfig")
+    result = SslConfig(
+        str(config.server_key), str(config.server_cert), str(config.custom_ca), bool(config.client_verify)
     )
-    return cls
+    if not result.server_key or not result.server_cert:
+        raise ValueError(f"{path}: SSLConfig needs both server_key and server_cert")
+    if result.client_verify and not result.custom_ca:
+        # gRPC (Python) cannot require client certificates without roots to check them against.
+        raise ValueError(f"{path}: SSLConfig client_verify needs custom_ca")
+    _check_pems(path, result)
+    return result
+
+
+def _check_pems(path: str, config: SslConfig) -> None:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    # load_cert_chain reads only files: the PEMs go to a private (0700) folder, removed at once.
+    with tempfile.TemporaryDirectory(prefix="replica-ssl-") as folder:
+        cert, key = os.path.join(folder, "cert.pem"), os.path.join(folder, "key.pem")
+        for name, text in ((cert, config.server_cert), (key, config.server_key)):
+            with open(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as handle:
+                handle.write(text)
+        try:
+            context.load_cert_chain(cert, key)
+        except ssl.SSLError as exc:
+            raise ValueError(f"{path}: SSLConfig server_key/server_cert do not load: {exc}") from exc
+    if config.custom_ca:
+        try:
+            context.load_verify_locations(cadata=config.custom_ca)
+        except ssl.SSLError as exc:
+            raise ValueError(f"{path}: SSLConfig custom_ca does not load: {exc}") from exc
 
 
 def read_prometheus_path(path: str) -> str | None:
     """The Prometheus path a MonitoringConfig file enables, or None when it is off."""
-    with open(path, encoding="utf-8") as handle:
-        config = text_format.Parse(handle.read(), _monitoring_config_class()())
+    config = _read_text_proto(path, "MonitoringConfig")
     prometheus = config.prometheus_config
     if not prometheus.enable:
         return None

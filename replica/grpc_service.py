@@ -4,7 +4,8 @@ Uses the official servicer bases and registration helpers from tensorflow_servin
 method paths and messages are TF Serving's by construction. Errors abort with TF Serving's code
 and message (cut at 1024 characters). Metrics follow prediction_service_impl.cc: Predict,
 Classify and Regress count in request_count and, when OK, in request_latency (entrypoint "GRPC");
-MultiInference, GetModelMetadata and GetModelStatus record nothing there.
+MultiInference, GetModelMetadata and GetModelStatus record nothing there. With an SSLConfig the
+port accepts TLS only, built as TF Serving's BuildServerCredentialsFromSSLConfigFile builds it.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from tensorflow_serving.apis import (
 
 from replica.core import ServingCore, status_proto
 from replica.errors import ServingError, invalid_argument
+from replica.flags import SslConfig
 from replica.inference import (
     make_model_spec,
     prepare_predict,
@@ -198,10 +200,25 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):  # type: ignore
         return response
 
 
-def build_server(core: ServingCore, address: str) -> grpc.aio.Server:
+def server_credentials(ssl: SslConfig) -> grpc.ServerCredentials:
+    """BuildServerCredentialsFromSSLConfigFile (TF Serving's server.cc): one key/cert pair;
+    custom_ca as the roots; client_verify requires and verifies a client certificate."""
+    return grpc.ssl_server_credentials(
+        [(ssl.server_key.encode(), ssl.server_cert.encode())],
+        root_certificates=ssl.custom_ca.encode() if ssl.custom_ca else None,
+        require_client_auth=ssl.client_verify,
+    )
+
+
+def build_server(core: ServingCore, address: str, ssl: SslConfig | None = None) -> grpc.aio.Server:
+    """The gRPC server on ``address``: plain, or TLS when an SSLConfig is given (as TF Serving)."""
     server = grpc.aio.server(options=SERVER_OPTIONS)
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(core), server)
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core), server)
-    if server.add_insecure_port(address) == 0:
+    if ssl is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, server_credentials(ssl))
+    if port == 0:
         raise OSError(f"cannot bind gRPC port at {address}")
     return server

@@ -5,7 +5,9 @@ Start-up follows tensorflow_model_server: read the model config (or --model_name
 REST port answers has its models loaded. A model config that TF Serving would refuse (labels on
 versions that are not loaded, duplicate names, relative base paths) or a model whose every load
 failed ends start-up with exit status 1. A model with no version on disk yet does not block
-start-up (TF Serving would wait); the poller loads it when it appears.
+start-up (TF Serving would wait); the poller loads it when it appears. With --ssl_config_file
+the gRPC port speaks TLS only (mTLS with client_verify) and REST stays plain HTTP, as in TF
+Serving; an unreadable or incomplete SSLConfig ends start-up with exit status 1 before any load.
 
 Background work (the file-system poller, the config-file poller) runs as named tasks whose
 failures are logged; TensorFlow runs only on the loader and inference thread pools.
@@ -29,9 +31,11 @@ from tensorflow_serving.config import model_server_config_pb2
 
 from replica.flags import (
     ReplicaOptions,
+    SslConfig,
     parse_args,
     read_model_config,
     read_prometheus_path,
+    read_ssl_config,
     single_model_config,
 )
 
@@ -67,11 +71,12 @@ def main(argv: list[str] | None = None) -> int:
         prometheus_path = (
             read_prometheus_path(options.monitoring_config_file) if options.monitoring_config_file else None
         )
-    except (OSError, text_format.ParseError) as exc:
+        ssl = read_ssl_config(options.ssl_config_file) if options.ssl_config_file else None
+    except (OSError, text_format.ParseError, ValueError) as exc:
         log.error("Cannot read a config file: %s", exc)
         return 1
     try:
-        return asyncio.run(_serve(options, config, prometheus_path))
+        return asyncio.run(_serve(options, config, prometheus_path, ssl))
     except KeyboardInterrupt:
         return 0
 
@@ -112,6 +117,7 @@ async def _serve(
     options: ReplicaOptions,
     config: model_server_config_pb2.ModelServerConfig,
     prometheus_path: str | None,
+    ssl: SslConfig | None,
 ) -> int:
     # Heavy imports (TensorFlow) happen here, after the flags are known to be good.
     import tensorflow as tf
@@ -157,9 +163,9 @@ async def _serve(
     try:
         if options.grpc_port:
             address = f"{options.host}:{options.grpc_port}"
-            grpc_server = build_server(core, address)
+            grpc_server = build_server(core, address, ssl)
             await grpc_server.start()
-            log.info("Running gRPC ModelServer at %s ...", address)
+            log.info("Running gRPC ModelServer at %s%s ...", address, " (TLS)" if ssl else "")
         if options.rest_port:
             api = RestApi(
                 core, timeout_ms=options.rest_timeout_ms, cors=options.cors, prometheus_path=prometheus_path
