@@ -206,7 +206,8 @@ class HealthChecker:
             except (TimeoutError, aiohttp.ClientError, OSError, ValueError, KeyError) as exc:
                 raise ProbeError(repr(exc)) from None
         assert r.cfg.grpc is not None
-        stub = self.gw.grpc_fwd.channel(r.cfg.grpc).unary_unary(
+        stub: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = self.gw.grpc_fwd.channel(
+            r.cfg.grpc).unary_unary(
             "/tensorflow.serving.ModelService/GetModelStatus")
         try:
             reply: bytes = await stub(status_request_proto(model), timeout=timeout)

@@ -42,7 +42,9 @@ METHODS: dict[str, str] = {
     MODEL + "HandleReloadConfigRequest": "reload",
 }
 
-Handler = Callable[[bytes, grpc.aio.ServicerContext], Awaitable[bytes]]
+# Raw bytes in and out: the generic handlers are registered without (de)serialisers.
+Context = grpc.aio.ServicerContext[bytes, bytes]
+Handler = Callable[[bytes, Context], Awaitable[bytes]]
 
 # Initial metadata of an answer the gateway gives itself: no replica, no version, no cache.
 _OWN_ANSWER = (("x-infergate-replica", ""), ("x-infergate-version", ""), ("x-infergate-cache", "miss"))
@@ -51,10 +53,10 @@ _OWN_ANSWER = (("x-infergate-replica", ""), ("x-infergate-version", ""), ("x-inf
 class GrpcIngress(grpc.GenericRpcHandler):
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
-        self._handlers: dict[str, grpc.RpcMethodHandler] = {}
+        self._handlers: dict[str, grpc.RpcMethodHandler[bytes, bytes]] = {}
 
-    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
-        path: str = handler_call_details.method  # type: ignore[attr-defined]
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[bytes, bytes] | None:
+        path: str = handler_call_details.method
         h = self._handlers.get(path)
         if h is None:
             if not path.startswith("/tensorflow.serving."):
@@ -64,12 +66,12 @@ class GrpcIngress(grpc.GenericRpcHandler):
         return h
 
     def _make(self, path: str, method: str) -> Handler:
-        async def handle(body: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        async def handle(body: bytes, context: Context) -> bytes:
             return await self._handle(path, method, body, context)
         return handle
 
     async def _handle(self, path: str, method: str, body: bytes,
-                      context: grpc.aio.ServicerContext) -> bytes:
+                      context: Context) -> bytes:
         gw = self.gw
         t0 = time.monotonic()
         call: Call | None = None
@@ -112,7 +114,7 @@ class GrpcIngress(grpc.GenericRpcHandler):
         return await _reply(answer, context)
 
 
-async def _reply(a: Answer, context: grpc.aio.ServicerContext) -> bytes:
+async def _reply(a: Answer, context: Context) -> bytes:
     md: list[tuple[str, Any]] = [(k, v) for k, v in a.headers if not k.startswith("x-infergate-")]
     md += [("x-infergate-replica", a.replica),
            ("x-infergate-version", "" if a.version is None else str(a.version)),

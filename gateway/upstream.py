@@ -174,7 +174,7 @@ class GrpcForwarder:
         received: Any = getattr(call.extra, "metadata", None)
         pairs = received if received is not None else call.headers.items()
         metadata = tuple((k, v) for k, v in pairs if k not in _GRPC_SKIP and not k.startswith(":"))
-        stub = self.channel(addr).unary_unary(rpc_path)
+        stub: grpc.aio.UnaryUnaryMultiCallable[bytes, bytes] = self.channel(addr).unary_unary(rpc_path)
         rpc = stub(body, timeout=timeout, metadata=metadata)
         try:
             reply: bytes = await rpc
