@@ -55,7 +55,8 @@ class GrpcIngress(grpc.GenericRpcHandler):
         self.gw = gw
         self._handlers: dict[str, grpc.RpcMethodHandler[bytes, bytes]] = {}
 
-    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[bytes, bytes] | None:
+    def service(self, handler_call_details: grpc.HandlerCallDetails
+                ) -> grpc.RpcMethodHandler[bytes, bytes] | None:
         path: str = handler_call_details.method
         h = self._handlers.get(path)
         if h is None:
