@@ -8,6 +8,8 @@ What must always hold:
   report that version AVAILABLE; it is rebuilt whenever a writer changes any of those facts, so
   the request path does a dict lookup, never a scan.
 - A replica that has never answered a probe is not routable.
+- Across a reload, a replica keeps its observed state when its addresses stay the same, even
+  under a new name.
 """
 
 from __future__ import annotations
@@ -91,16 +93,28 @@ class ReplicaSet:
 
     def __init__(self, configs: Iterable[ReplicaConfig], stale_after_s: float = 10.0,
                  previous: ReplicaSet | None = None) -> None:
-        old = {r.name: r for r in previous.all} if previous else {}
-        self.all: list[ReplicaState] = []
-        for cfg in configs:
-            prev = old.get(cfg.name)
-            if prev is not None and prev.cfg.rest == cfg.rest and prev.cfg.grpc == cfg.grpc:
-                prev.cfg = cfg  # keep observed health and load across a reload
-                prev.stale_after_s = stale_after_s
-                self.all.append(prev)
-            else:
-                self.all.append(ReplicaState(cfg, stale_after_s))
+        # A replica is where it answers: its observed health and load carry over a reload that
+        # keeps its addresses, under the same name or a new one (a rename must not leave a
+        # serving fleet unroutable until the next probe). Same name and addresses match first;
+        # then same addresses; each old state is taken at most once.
+        configs = list(configs)
+        unclaimed = list(previous.all) if previous else []
+        states: list[ReplicaState | None] = [None] * len(configs)
+        for by_address_only in (False, True):
+            for i, cfg in enumerate(configs):
+                if states[i] is not None:
+                    continue
+                for prev in unclaimed:
+                    if ((prev.cfg.rest, prev.cfg.grpc) == (cfg.rest, cfg.grpc)
+                            and (by_address_only or prev.name == cfg.name)):
+                        unclaimed.remove(prev)
+                        prev.cfg = cfg  # keep observed health and load across a reload
+                        prev.stale_after_s = stale_after_s
+                        states[i] = prev
+                        break
+        self.all: list[ReplicaState] = [
+            st if st is not None else ReplicaState(cfg, stale_after_s)
+            for st, cfg in zip(states, configs, strict=True)]
         self.by_name = {r.name: r for r in self.all}
         self._index: dict[tuple[str, int], list[ReplicaState]] = {}
         self._latest: dict[str, int] = {}
