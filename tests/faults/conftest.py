@@ -12,12 +12,13 @@ import os
 import pathlib
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 
 from tests.integration.conftest import gateway_factory, model_config, models_dir  # noqa: F401
+from tests.integration.gwproc import GatewayProc
 from tests.support.procs import (
     MONITORING_CONFIG,
     ProcessFailed,
@@ -137,6 +138,33 @@ def fleet3(trio: list[Slot]) -> Iterator[list[Slot]]:
             s.wait_serving()
         else:
             s.heal()
+
+
+class EngineGateway(GatewayProc):
+    """A GatewayProc whose config selects a data-path engine (listen.engine)."""
+
+    engine = "compat"
+
+    def write_config(self, cfg: dict[str, Any]) -> None:
+        cfg = dict(cfg)
+        cfg["listen"] = dict(cfg["listen"], engine=self.engine)
+        super().write_config(cfg)
+
+
+@pytest.fixture
+def gateway_on(tmp_path: pathlib.Path) -> Iterator[Callable[[dict[str, Any], str], GatewayProc]]:
+    """make(cfg, engine): a gateway on that engine, stopped by pid after the test."""
+    started: list[GatewayProc] = []
+
+    def make(cfg: dict[str, Any], engine: str) -> GatewayProc:
+        cls = type(f"{engine.title()}Gateway", (EngineGateway,), {"engine": engine})
+        g = cls(cfg, tmp_path / f"gateway-{engine}-{len(started)}")
+        started.append(g)
+        return g
+
+    yield make
+    for g in started:
+        g.stop()
 
 
 def drill_config(slots: list[Slot], **extra: Any) -> dict[str, Any]:

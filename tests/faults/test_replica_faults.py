@@ -30,20 +30,28 @@ def rest_gw(fleet3: list[Slot], gateway_factory: Any) -> Iterator[GatewayProc]:
     yield gateway_factory(drill_config(fleet3))
 
 
-def test_replica_sigkill_rest(fleet3: list[Slot], rest_gw: GatewayProc) -> None:
+ENGINES = ["compat", "native"]
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_replica_sigkill_rest(fleet3: list[Slot], gateway_on: Any, engine: str) -> None:
     """SIGKILL one replica mid-load: its in-flight calls see a reset, pooled idle connections
     to it are dead, new connects are refused; all of that is retried on the other two."""
-    load = start_load("replica SIGKILL (REST)", rest_predict_client("127.0.0.1", rest_gw.rest_port))
+    g = gateway_on(drill_config(fleet3), engine)
+    load = start_load(f"replica SIGKILL (REST, {engine} engine)",
+                      rest_predict_client("127.0.0.1", g.rest_port))
     fleet3[1].kill()
-    wait_replica(rest_gw, "r1", healthy=False)
-    assert_no_failures(finish(load, rest_gw))
+    wait_replica(g, "r1", healthy=False)
+    assert_no_failures(finish(load, g))
 
 
-def test_replica_sigkill_grpc(fleet3: list[Slot], gateway_factory: Any) -> None:
+@pytest.mark.parametrize("engine", ENGINES)
+def test_replica_sigkill_grpc(fleet3: list[Slot], gateway_on: Any, engine: str) -> None:
     """The same kill with gRPC clients (official stubs over one channel to the gateway)."""
-    g = gateway_factory(drill_config(fleet3))
+    g = gateway_on(drill_config(fleet3), engine)
     with grpc.insecure_channel(g.grpc_addr) as channel:
-        load = start_load("replica SIGKILL (gRPC)", grpc_predict_client(channel))
+        load = start_load(f"replica SIGKILL (gRPC, {engine} engine)",
+                          grpc_predict_client(channel))
         fleet3[2].kill()
         wait_replica(g, "r2", healthy=False)
         report = finish(load, g)
