@@ -308,14 +308,16 @@ def test_gateway_sigterm_drains_in_flight_calls(fleet3: list[Slot], gateway_on: 
 @pytest.mark.xfail(strict=True, reason=(
     "gateway/app.py drain_and_stop waits only while total_in_flight > 0, which counts upstream "
     "attempts; a REST call still reading its body (or in admission, a cache lookup, model "
-    "discovery) is not counted, so the drain ends at once and the call's connection is cut. "
-    "Fix: count calls from ingress entry to the last byte written (gw.active_calls, in "
-    "ingress_rest/ingress_grpc) and wait on that."))
-def test_drain_waits_for_a_call_still_sending_its_body(fleet3: list[Slot],
-                                                       gateway_factory: Any) -> None:
+    "discovery, or writing its answer) is not counted, so the drain ends at once and the "
+    "call's connection is cut, on both engines. Fix: count calls from ingress entry to the "
+    "last byte written (a gw.active_calls counter in ingress_rest.py, fastrest/ingress.py and "
+    "both gRPC ingresses) and wait on that instead."))
+@pytest.mark.parametrize("engine", ["compat", "native"])
+def test_drain_waits_for_a_call_still_sending_its_body(fleet3: list[Slot], gateway_on: Any,
+                                                       engine: str) -> None:
     """A client has sent the headers and half the body when SIGTERM arrives; the rest follows
     200 ms later. The call started before SIGTERM, so the drain must let it finish."""
-    g = gateway_factory(drill_config(fleet3, limits={"drain_s": 10}))
+    g = gateway_on(drill_config(fleet3, limits={"drain_s": 10}), engine)
     body = b'{"instances": [1.0, 2.0, 5.0]}'
     head = (f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nHost: x\r\nContent-Type: "
             f"application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
