@@ -74,7 +74,7 @@ class Listen(_Frozen):
     tls: Tls | None = None  # TLS on the REST and gRPC listeners (admin stays plain on loopback)
     # Data-path engine: "native" (own HTTP/1.1 and HTTP/2 layers, gateway.fastrest and
     # gateway.http2) or "compat" (aiohttp and grpc.aio). docs/benchmarks.md compares them.
-    engine: Literal["native", "compat"] = "compat"
+    engine: Literal["native", "compat"] = "native"
 
     @field_validator("rest", "grpc", "admin")
     @classmethod

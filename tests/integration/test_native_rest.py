@@ -25,10 +25,18 @@ V2 = [3.5, 4.0, 5.5]
 class NativeGateway(GatewayProc):
     """A GatewayProc whose config selects the native engine."""
 
+    engine = "native"
+
     def write_config(self, cfg: dict[str, Any]) -> None:
         cfg = dict(cfg)
-        cfg["listen"] = dict(cfg["listen"], engine="native")
+        cfg["listen"] = dict(cfg["listen"], engine=self.engine)
         super().write_config(cfg)
+
+
+class CompatGateway(NativeGateway):
+    """A GatewayProc whose config selects the compat engine (aiohttp, grpc.aio)."""
+
+    engine = "compat"
 
 
 def _cfg(fleet: Fleet) -> dict[str, Any]:
@@ -43,7 +51,7 @@ def _cfg(fleet: Fleet) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def gws(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Any:
     native = NativeGateway(_cfg(fleet), tmp_path_factory.mktemp("native"), name="native")
-    compat = GatewayProc(_cfg(fleet), tmp_path_factory.mktemp("compat"), name="compat")
+    compat = CompatGateway(_cfg(fleet), tmp_path_factory.mktemp("compat"), name="compat")
     yield native, compat
     native.stop()
     compat.stop()
