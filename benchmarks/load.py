@@ -81,9 +81,9 @@ def _dur_us(text: str) -> float:
 
 
 def wrk(url: str, conns: int, seconds: float, script: Path, cpu: str,
-        pids: list[int] | None = None, threads: int = 1) -> RunResult:
+        pids: list[int] | None = None, threads: int = 1, timeout_s: int = 2) -> RunResult:
     cmd = ["taskset", "-c", cpu, "wrk", f"-t{threads}", f"-c{conns}", f"-d{max(1, round(seconds))}s",
-           "--latency", "-s", str(script), url]
+           f"--timeout={timeout_s}s", "--latency", "-s", str(script), url]
     before = cpu_seconds(pids) if pids else 0.0
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60).stdout
     after = cpu_seconds(pids) if pids else 0.0
