@@ -18,8 +18,15 @@ import grpc
 import pytest
 
 from tests.faults.conftest import Slot, drill_config
-from tests.faults.drill import PHASE, assert_no_failures, finish, start_load, wait_replica
-from tests.faults.load import grpc_predict_client, rest_predict_client
+from tests.faults.drill import (
+    PHASE,
+    assert_no_failures,
+    finish,
+    replicas_view,
+    start_load,
+    wait_replica,
+)
+from tests.faults.load import Load, grpc_predict_client, rest_predict_client
 from tests.integration.gwproc import GatewayProc
 
 pytestmark = pytest.mark.integration
@@ -33,29 +40,53 @@ def rest_gw(fleet3: list[Slot], gateway_factory: Any) -> Iterator[GatewayProc]:
 ENGINES = ["compat", "native"]
 
 
+VICTIM_LATENCY_MS = 50  # the victim holds each call this long, so calls are on it when it dies
+
+
+def kill_with_calls_on_it(g: GatewayProc, victim: Slot, load: Load) -> int:
+    """SIGKILL `victim` while the gateway has calls in flight on it; how many it had."""
+    assert victim.proc is not None
+    victim.proc.set_knobs(latency_ms=VICTIM_LATENCY_MS)
+    load.wait_more(100)
+    in_flight = 0
+    for _ in range(200):  # the count is read just before the kill: a snapshot
+        in_flight = int(replicas_view(g)[victim.name]["in_flight"])
+        if in_flight:
+            break
+    assert in_flight, f"no call was ever in flight on {victim.name}"
+    victim.kill()
+    wait_replica(g, victim.name, healthy=False)
+    return in_flight
+
+
 @pytest.mark.parametrize("engine", ENGINES)
 def test_replica_sigkill_rest(fleet3: list[Slot], gateway_on: Any, engine: str) -> None:
-    """SIGKILL one replica mid-load: its in-flight calls see a reset, pooled idle connections
-    to it are dead, new connects are refused; all of that is retried on the other two."""
+    """SIGKILL one replica mid-load with calls in flight on it: those calls see a reset, pooled
+    idle connections to it are dead, new connects are refused; all of that is retried on the
+    other two, so no call fails and the gateway counts retries."""
     g = gateway_on(drill_config(fleet3), engine)
     load = start_load(f"replica SIGKILL (REST, {engine} engine)",
                       rest_predict_client("127.0.0.1", g.rest_port))
-    fleet3[1].kill()
-    wait_replica(g, "r1", healthy=False)
-    assert_no_failures(finish(load, g))
+    in_flight = kill_with_calls_on_it(g, fleet3[1], load)
+    report = finish(load, g)
+    print(f"[drill] calls in flight on r1 at SIGKILL: {in_flight}")
+    assert_no_failures(report)
+    assert report.notes["retries"] >= 1
 
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_replica_sigkill_grpc(fleet3: list[Slot], gateway_on: Any, engine: str) -> None:
-    """The same kill with gRPC clients (official stubs over one channel to the gateway)."""
+    """The same kill with gRPC clients (official stubs over one channel to the gateway): the
+    calls in flight on the dead replica end UNAVAILABLE upstream and are retried."""
     g = gateway_on(drill_config(fleet3), engine)
     with grpc.insecure_channel(g.grpc_addr) as channel:
         load = start_load(f"replica SIGKILL (gRPC, {engine} engine)",
                           grpc_predict_client(channel))
-        fleet3[2].kill()
-        wait_replica(g, "r2", healthy=False)
+        in_flight = kill_with_calls_on_it(g, fleet3[2], load)
         report = finish(load, g)
+    print(f"[drill] calls in flight on r2 at SIGKILL: {in_flight}")
     assert_no_failures(report)
+    assert report.notes["retries"] >= 1
 
 
 def test_replica_sigstop_then_sigcont(fleet3: list[Slot], rest_gw: GatewayProc) -> None:
