@@ -11,10 +11,14 @@ if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
   exit 0
 fi
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
-# tensorflow-serving-api depends on the full `tensorflow` distribution; install it without
-# dependencies next to tensorflow-cpu, which provides the same modules.
-.venv/bin/python -m pip install -q "tensorflow-cpu==2.21.0" numpy
-.venv/bin/python -m pip install -q --no-deps "tensorflow-serving-api==2.21.0"
-.venv/bin/python -m pip install -q -e ".[test,gpu]" httptools hpack
+log=.venv/setup.log
+echo "setting up .venv (log: $log) ..."
+{
+  .venv/bin/python -m pip install -q --upgrade pip || true
+  # tensorflow-serving-api depends on the full `tensorflow` distribution; install it without
+  # dependencies next to tensorflow-cpu, which provides the same modules.
+  .venv/bin/python -m pip install -q "tensorflow-cpu==2.21.0" numpy &&
+  .venv/bin/python -m pip install -q --no-deps "tensorflow-serving-api==2.21.0" &&
+  .venv/bin/python -m pip install -q -e ".[test,gpu]" httptools hpack
+} >"$log" 2>&1 || { tail -40 "$log"; echo "setup failed; see $log" >&2; exit 1; }
 echo "$want" > "$stamp"
