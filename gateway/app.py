@@ -118,7 +118,6 @@ class Gateway:
         self.total_in_flight = 0
         self.queued = 0  # calls waiting for a replica below its in-flight cap
         self.slot_freed = asyncio.Event()  # replaced on every wake-up; waiters re-check
-        self.hedge_budget = RetryBudget(0.05, 1.0, time.monotonic)
         self.caches: dict[str, PredictionCache] = {}
         self._cache_specs: dict[str, tuple[object, ...]] = {}
         self._sync_caches(cfg)

@@ -16,6 +16,7 @@ import random
 import time
 from typing import TYPE_CHECKING
 
+from gateway.budget import RetryBudget
 from gateway.cache import Entry, PredictionCache, cache_key
 from gateway.call import IDEMPOTENT, Answer, Call, Forwarder
 from gateway.config import Hedge
@@ -55,6 +56,7 @@ class Pipeline:
         self.rng = random.Random()
         self._rr = 0
         self._p95: dict[str, tuple[float, float]] = {}
+        self._hedge_budgets: dict[str, RetryBudget] = {}
         self.shadower = Shadower(self)
         self.similarity = SimilarityCaches(self)
 
@@ -249,8 +251,9 @@ class Pipeline:
         ranked = await self._admit(ranked, deadline)
         attempts = min(len(ranked), rt.cfg.retries.max_attempts if call.method in IDEMPOTENT else 1)
         hedge = rt.hedge_for(call.model) if call.method in IDEMPOTENT else None
-        if hedge is not None:
-            gw.hedge_budget.record_call()
+        hedge_budget = self._hedge_budget(call.model or "", hedge) if hedge is not None else None
+        if hedge_budget is not None:
+            hedge_budget.record_call()
         last: Answer | GatewayError | None = None
         for i in range(attempts):
             remaining = deadline - time.monotonic()
@@ -261,9 +264,9 @@ class Pipeline:
                     gw.metrics.retry_budget_exhausted.labels(gw.model_label(call.model)).inc()
                     break
                 gw.metrics.retries.labels(gw.model_label(call.model)).inc()
-            if i == 0 and hedge is not None and len(ranked) > 1:
+            if i == 0 and hedge is not None and hedge_budget is not None and len(ranked) > 1:
                 result = await self._hedged(call, fwd, ranked[0], ranked[1], version, remaining,
-                                            self._hedge_delay(call.model or "", hedge))
+                                            self._hedge_delay(call.model or "", hedge), hedge_budget)
             else:
                 result = await self._try(call, fwd, ranked[i], version, remaining)
             if isinstance(result, Answer) and not (fwd.retryable(result) and i + 1 < attempts):
@@ -323,7 +326,7 @@ class Pipeline:
 
     async def _hedged(self, call: Call, fwd: Forwarder, primary: ReplicaState,
                       backup: ReplicaState, version: int | None, remaining: float,
-                      delay: float) -> Answer | GatewayError:
+                      delay: float, budget: RetryBudget) -> Answer | GatewayError:
         """Send to `primary`; if it has not answered after `delay`, send a copy to `backup` and
         take the first good answer, cancelling the other (Dean and Barroso, "The Tail at Scale",
         2013). The hedge budget caps the extra load."""
@@ -331,7 +334,7 @@ class Pipeline:
         async with asyncio.TaskGroup() as tg:
             first = tg.create_task(self._try(call, fwd, primary, version, remaining))
             done, _ = await asyncio.wait({first}, timeout=min(delay, remaining))
-            if done or not gw.hedge_budget.try_withdraw():
+            if done or not budget.try_withdraw():
                 return await first
             gw.metrics.hedges.labels(gw.model_label(call.model)).inc()
             second = tg.create_task(self._try(call, fwd, backup, version, remaining - delay))
@@ -349,6 +352,14 @@ class Pipeline:
                         return result
             assert result is not None
             return result
+
+    def _hedge_budget(self, model: str, hedge: Hedge) -> RetryBudget:
+        """Each hedged model's own budget: hedges add at most `budget_ratio` to its calls."""
+        b = self._hedge_budgets.get(model)
+        if b is None:
+            b = self._hedge_budgets[model] = RetryBudget(hedge.budget_ratio, 1.0, time.monotonic)
+        b.ratio = hedge.budget_ratio  # a reload may change it; the window carries on
+        return b
 
     def _hedge_delay(self, model: str, hedge: Hedge) -> float:
         if hedge.delay_ms is not None:

@@ -42,11 +42,6 @@ def test_default_hedge_budget_caps_hedges(fleet3: list[Slot], gateway_factory: A
     assert hedged_share(fleet3, gateway_factory, 0.05) < 0.25
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "gateway/app.py: Gateway.hedge_budget is RetryBudget(0.05, 1.0, ...) for the whole gateway; "
-    "the model's hedge.budget_ratio is never read (grep budget_ratio: only retries'). Fix: one "
-    "hedge RetryBudget per hedged model, built from hedge.budget_ratio when the Runtime is "
-    "built (kept across reloads that keep the ratio), and used in Pipeline._send/_hedged."))
 def test_model_hedge_budget_ratio_is_honoured(fleet3: list[Slot], gateway_factory: Any) -> None:
     """budget_ratio 1.0: the budget allows a hedge for every call, so nearly all are hedged."""
     assert hedged_share(fleet3, gateway_factory, 1.0) > 0.8
