@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING
 from gateway.call import Answer, Call
 from gateway.errors import GatewayError, ShuttingDown, rest_error_body
 from gateway.fastrest.server import HttpRequest, Response
-from gateway.wire import RestRequest, RestTarget, parse_rest_path
+from gateway.rest_call import rest_call
+from gateway.wire import RestTarget, parse_rest_path
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
 
 log = logging.getLogger("infergate.rest")
-TIMEOUT_HEADER = "x-infergate-timeout-ms"
 # An answer of the gateway itself: no replica, no version, never from the cache.
 _OWN = (b"Content-Type: application/json\r\nx-infergate-replica: \r\nx-infergate-version: \r\n"
         b"x-infergate-cache: miss\r\n")
@@ -69,6 +69,10 @@ class NativeRestIngress:
                          if not k.startswith("x-infergate-")]).encode("latin-1")
         return a.status, lines + tail, a.body
 
+    @property
+    def draining(self) -> bool:
+        return self.gw.draining
+
     def reject(self, status: int, message: str) -> Response:
         self.gw.metrics.errors.labels("rest", _KIND.get(status, str(status))).inc()
         return error(status, message)
@@ -76,7 +80,7 @@ class NativeRestIngress:
     async def handle(self, request: HttpRequest) -> Response:
         gw = self.gw
         t0 = time.monotonic()
-        path, has_query, query = request.target.partition("?")
+        path = request.target.partition("?")[0]
         if not path[:4].lower() == "/v1/":
             return _NOT_FOUND
         method = request.method
@@ -85,24 +89,7 @@ class NativeRestIngress:
         try:
             if gw.draining:
                 raise ShuttingDown("The gateway is shutting down")
-            # TF Serving matches its API paths against the path *with* the query, so no model
-            # call carrying a query is routable there; it goes through unchanged.
-            target = None if has_query else self._target(method, path)
-            deadline = None
-            tmo = headers.get(TIMEOUT_HEADER)
-            if tmo is not None:
-                try:
-                    deadline = t0 + max(0.0, float(tmo)) / 1000.0
-                except ValueError:
-                    return error(400, f"Invalid {TIMEOUT_HEADER} header: {tmo[:40]}")
-            extra = (RestRequest(method, path, query, target) if target is not None
-                     else RestRequest(method, request.target, "", None))
-            if target is None:
-                call = Call("rest", "other", None, None, None, "", headers, request.body,
-                            deadline, extra)
-            else:
-                call = Call("rest", target.verb, target.model, target.version, target.label, "",
-                            headers, request.body, deadline, extra)
+            call = rest_call(method, request.target, headers, request.body, t0, self._target)
             answer = await gw.pipeline.handle(call, gw.rest_fwd)
         except GatewayError as exc:
             gw.metrics.errors.labels("rest", type(exc).__name__).inc()

@@ -85,6 +85,12 @@ Response = tuple[int, bytes, bytes]
 
 
 class RestApp(Protocol):
+    @property
+    def draining(self) -> bool:
+        """True once the server is going away: answers then close their connection, so
+        keep-alive clients reconnect to another instance."""
+        ...
+
     def handle(self, request: HttpRequest) -> Awaitable[Response]: ...
 
     def reject(self, status: int, message: str) -> Response:
@@ -277,7 +283,7 @@ class HttpServerProtocol(asyncio.Protocol):
             return
         self._progress += 1
         self._phase_since = self._loop.time()
-        close = not req.keep_alive or self._closing
+        close = not req.keep_alive or self._closing or self._app.draining
         self._write(status, headers, body, req.method == "HEAD", close)
         if close:
             self._close()

@@ -20,6 +20,7 @@ class EchoApp:
     def __init__(self) -> None:
         self.cancelled = 0
         self.started = asyncio.Event()
+        self.draining = False
 
     async def handle(self, req: HttpRequest) -> Response:
         if req.target.startswith("/sleep/"):
@@ -227,4 +228,17 @@ def test_head_request_gets_no_body() -> None:
         # The next bytes are the second answer, not a body for HEAD.
         status, _, body = await read_response(r)
         assert status == 200 and echo(body)["target"] == "/after"
+    run(t)
+
+
+def test_draining_answers_close_their_connection() -> None:
+    async def t(port: int, app: EchoApp) -> None:
+        r, w = await connect(port)
+        w.write(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert "connection" not in (await read_response(r))[1]
+        app.draining = True
+        w.write(b"GET /b HTTP/1.1\r\nHost: a\r\n\r\n")
+        status, headers, _ = await read_response(r)
+        assert status == 200 and headers["connection"] == "close"
+        assert await r.read() == b""
     run(t)
