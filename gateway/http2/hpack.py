@@ -93,7 +93,7 @@ class HpackDecoder:
     """
 
     __slots__ = ("_dyn", "_size", "_max_size", "max_table_size", "max_list_size", "_pure",
-                 "_bound")
+                 "_bound", "_last_pure", "_steady")
 
     def __init__(self, max_table_size: int = 4096, max_list_size: int = 65536) -> None:
         self._dyn: deque[Header] = deque()
@@ -103,6 +103,8 @@ class HpackDecoder:
         self.max_list_size = max_list_size
         self._pure: dict[bytes, tuple[Headers, tuple[Header, ...], int]] = {}
         self._bound: dict[bytes, Headers] = {}
+        self._last_pure: bytes | None = None  # the last remembered block replayed
+        self._steady: bytes | None = None  # a block whose replay is known to change nothing
 
     def _entry(self, index: int) -> Header:
         if 0 < index <= _STATIC_LEN:
@@ -140,14 +142,31 @@ class HpackDecoder:
         pure = self._pure.get(block)
         if pure is not None:
             result, adds, resize = pure
-            if resize >= 0:
-                self._resize(resize)
-            for h in adds:
-                self._add(h)
-            if adds or resize >= 0:
-                self._bound.clear()
+            if not adds and resize < 0:
+                return result
+            if block == self._steady:
+                return result  # replaying it would leave the table exactly as it is
+            if block == self._last_pure:
+                # The same block twice in a row: once the table holds nothing but copies of
+                # its entries, adding them again changes nothing; notice that once, then skip.
+                before = (tuple(self._dyn), self._max_size)
+                self._replay(adds, resize)
+                if (tuple(self._dyn), self._max_size) == before:
+                    self._steady = block
+                    return result
+            else:
+                self._replay(adds, resize)
+            self._last_pure = block
+            self._bound.clear()
             return result
         return self._decode(block)
+
+    def _replay(self, adds: tuple[Header, ...], resize: int) -> None:
+        self._steady = None
+        if resize >= 0:
+            self._resize(resize)
+        for h in adds:
+            self._add(h)
 
     def _decode(self, block: bytes) -> Headers:
         out: list[Header] = []
@@ -188,6 +207,7 @@ class HpackDecoder:
         changed = bool(adds) or resize >= 0
         if changed:
             self._bound.clear()  # indices moved
+            self._steady = self._last_pure = None
         if not dynamic_ref:
             if len(self._pure) >= _CACHE_MAX:
                 self._pure.clear()
