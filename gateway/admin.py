@@ -57,7 +57,7 @@ async def config(request: web.Request) -> web.Response:
 
 async def reload(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
-    ok, err = gw.reload()
+    ok, err = await gw.reload()
     return _json({"ok": ok, "error": err}, 200 if ok else 400)
 
 

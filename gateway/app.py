@@ -15,12 +15,13 @@ What must always hold:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +117,7 @@ class Gateway:
         self.retry_budget = RetryBudget(cfg.retries.budget_ratio, cfg.retries.min_per_s,
                                         time.monotonic)
         self.total_in_flight = 0
+        self.active_calls = 0  # calls an ingress has taken and not yet answered
         self.queued = 0  # calls waiting for a replica below its in-flight cap
         self.slot_freed = asyncio.Event()  # replaced on every wake-up; waiters re-check
         self.caches: dict[str, PredictionCache] = {}
@@ -131,6 +133,7 @@ class Gateway:
         self._grpc_server: grpc.aio.Server | GrpcListener | None = None
         self._admin_runner: web.AppRunner | None = None
         self._stopped = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
         self.bound: dict[str, int] = {}
 
     # ---- completion hooks ------------------------------------------------------------------
@@ -173,6 +176,16 @@ class Gateway:
                  t.weight, t.reason)
         self.webhooks.notify({"event": "rollout", "model": t.model, **t.to_json()})
 
+    @contextlib.contextmanager
+    def active_call(self) -> Iterator[None]:
+        """Counts a call from the moment an ingress has it until its answer is handed back:
+        the drain waits for these, not only for calls out at replicas."""
+        self.active_calls += 1
+        try:
+            yield
+        finally:
+            self.active_calls -= 1
+
     def wake_queue(self) -> None:
         """A replica slot freed: wake every queued call to re-check (each re-ranks)."""
         ev, self.slot_freed = self.slot_freed, asyncio.Event()
@@ -184,8 +197,15 @@ class Gateway:
 
     # ---- reload ------------------------------------------------------------------------------
 
-    def reload(self) -> tuple[bool, str | None]:
-        """Load the config file again; swap it in if valid. Returns (ok, error)."""
+    async def reload(self) -> tuple[bool, str | None]:
+        """Load the config file again; swap it in if valid. Returns (ok, error).
+
+        Replicas the gateway has never seen are probed before the swap (bounded by the health
+        timeout), so calls right after a reload that moves to new hosts find them routable."""
+        async with self._reload_lock:
+            return await self._reload()
+
+    async def _reload(self) -> tuple[bool, str | None]:
         if self.config_path is None:
             return False, "the gateway was started without a config file"
         try:
@@ -200,6 +220,16 @@ class Gateway:
             self.metrics.config_ok.set(0)
             self.last_reload = {"ok": False, "error": msg, "at": time.time()}
             return False, msg
+        fresh = [r for r in runtime.replicas.all if not r.ever_up]
+        if fresh:
+            models = set(cfg.models) | self.health.discovered
+            try:
+                await asyncio.wait_for(
+                    asyncio.gather(*(self.health.probe_replica(r, models) for r in fresh)),
+                    cfg.health.timeout_s + 0.5)
+            except TimeoutError:
+                log.warning("new replicas did not all answer their first probe before the swap")
+            runtime.replicas.rebuild()
         self.runtime = runtime
         self._sync_caches(cfg)
         self.scale.configure()
@@ -248,7 +278,7 @@ class Gateway:
             m = _mtime(self.config_path)
             if m != self._config_mtime:
                 self._config_mtime = m
-                self.reload()
+                await self.reload()
 
     # ---- lifecycle ---------------------------------------------------------------------------
 
@@ -334,8 +364,9 @@ class Gateway:
             self._rest_server.close()
         grpc_stop = self._grpc_server.stop(grace) if self._grpc_server is not None else None
         end = time.monotonic() + grace
-        while self.total_in_flight > 0 and time.monotonic() < end:
+        while (self.active_calls > 0 or self.total_in_flight > 0) and time.monotonic() < end:
             await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # let the last answers' bytes leave before closing
         if grpc_stop is not None:
             await grpc_stop
         await self.close()
@@ -354,7 +385,7 @@ class Gateway:
 
     async def serve_forever(self) -> None:
         loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGHUP, self.reload)
+        loop.add_signal_handler(signal.SIGHUP, lambda: spawn(self.reload(), "reload-sighup"))
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: spawn(self.drain_and_stop(), "drain"))
         await self._stopped.wait()

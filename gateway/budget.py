@@ -31,6 +31,7 @@ class RetryBudget:
             self._at = now
 
     def record_call(self) -> None:
+        self._decay()  # deposits age too, or a quiet spell of no retries would forget them all
         self._calls += 1.0
 
     def try_withdraw(self) -> bool:

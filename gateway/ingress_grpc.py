@@ -63,7 +63,8 @@ class GrpcIngress(grpc.GenericRpcHandler):
             if not path.startswith("/tensorflow.serving."):
                 return None  # UNIMPLEMENTED, as a TF Serving server answers
             h = grpc.unary_unary_rpc_method_handler(self._make(path, METHODS.get(path, "other")))
-            self._handlers[path] = h
+            if path in METHODS:  # only known methods are kept: clients choose the other names
+                self._handlers[path] = h
         return h
 
     def _make(self, path: str, method: str) -> Handler:
@@ -73,6 +74,10 @@ class GrpcIngress(grpc.GenericRpcHandler):
 
     async def _handle(self, path: str, method: str, body: bytes,
                       context: Context) -> bytes:
+        with self.gw.active_call():
+            return await self._answer(path, method, body, context)
+
+    async def _answer(self, path: str, method: str, body: bytes, context: Context) -> bytes:
         gw = self.gw
         t0 = time.monotonic()
         call: Call | None = None

@@ -19,14 +19,13 @@ from aiohttp.web_request import BaseRequest
 
 from gateway.call import Answer, Call
 from gateway.errors import GatewayError, PayloadTooLarge, ShuttingDown, rest_error_body
-from gateway.wire import RestRequest, parse_rest_path
+from gateway.rest_call import rest_call
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
 
 log = logging.getLogger("infergate.rest")
 JSON = "application/json"
-TIMEOUT_HEADER = "x-infergate-timeout-ms"
 
 
 class RestIngress:
@@ -50,10 +49,14 @@ class RestIngress:
         return b"".join(chunks)
 
     async def handle(self, request: BaseRequest) -> web.StreamResponse:
+        with self.gw.active_call():
+            return await self._handle(request)
+
+    async def _handle(self, request: BaseRequest) -> web.StreamResponse:
         gw = self.gw
         t0 = time.monotonic()
         raw = request.raw_path
-        path, has_query, query = raw.partition("?")
+        path = raw.partition("?")[0]
         if not path.lower().startswith("/v1/"):
             return web.Response(status=404)  # TF Serving's plain, empty 404
         method = request.method
@@ -62,25 +65,8 @@ class RestIngress:
             if gw.draining:
                 raise ShuttingDown("The gateway is shutting down")
             body = await self._read_body(request, gw.runtime.cfg.limits.max_body_bytes)
-            # TF Serving matches its API paths against the path *with* the query, so no model
-            # call carrying a query is routable there; such a request goes through unchanged
-            # and the replica gives its own answer.
-            target = None if has_query else parse_rest_path(method, path)
             headers = {k.lower(): v for k, v in request.headers.items()}
-            deadline = None
-            tmo = headers.get(TIMEOUT_HEADER)
-            if tmo is not None:
-                try:
-                    deadline = t0 + max(0.0, float(tmo)) / 1000.0
-                except ValueError:
-                    return _error(400, f"Invalid {TIMEOUT_HEADER} header: {tmo[:40]}")
-            extra = (RestRequest(method, path, query, target) if target is not None
-                     else RestRequest(method, raw, "", None))
-            if target is None:
-                call = Call("rest", "other", None, None, None, "", headers, body, deadline, extra)
-            else:
-                call = Call("rest", target.verb, target.model, target.version, target.label, "",
-                            headers, body, deadline, extra)
+            call = rest_call(method, raw, headers, body, t0)
             answer = await gw.pipeline.handle(call, gw.rest_fwd)
         except GatewayError as exc:
             gw.metrics.errors.labels("rest", type(exc).__name__).inc()

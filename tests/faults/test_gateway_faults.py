@@ -164,13 +164,6 @@ def catalog_config(slots: list[Slot]) -> dict[str, Any]:
     return out
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "gateway/app.py Gateway.reload swaps in a Runtime whose replicas the gateway has never "
-    "probed (not healthy, so not routable) and only then spawns probe_all: until it answers, "
-    "calls get 503 'No healthy replica'. Fix: make reload async and, before the swap, probe "
-    "the new Runtime's never-seen replicas (bounded by health.timeout_s), e.g. "
-    "fresh = [r for r in runtime.replicas.all if not r.ever_up]; await "
-    "health.probe_replicas(fresh, models); then self.runtime = runtime."))
 def test_reload_onto_replicas_never_probed(fleet3: list[Slot], gateway_factory: Any) -> None:
     """Reloads that move the gateway between serving replicas it has not probed yet (r0 alone,
     then r1 and r2, and back), as a migration to new hosts does. They all serve: no call
@@ -305,14 +298,9 @@ def test_gateway_sigterm_drains_in_flight_calls(fleet3: list[Slot], gateway_on: 
     assert rc == 0, g.log()[-3000:]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "gateway/app.py drain_and_stop waits only while total_in_flight > 0, which counts upstream "
-    "attempts; a REST call still reading its body (or in admission, a cache lookup, model "
-    "discovery, or writing its answer) is not counted, so the drain ends at once and the "
-    "call's connection is cut, on both engines. Fix: count calls from ingress entry to the "
-    "last byte written (a gw.active_calls counter in ingress_rest.py, fastrest/ingress.py and "
-    "both gRPC ingresses) and wait on that instead."))
-@pytest.mark.parametrize("engine", ["compat", "native"])
+@pytest.mark.parametrize("engine", ["compat", pytest.param("native", marks=pytest.mark.xfail(
+    strict=True, reason="the native REST server reads the whole body before the gateway sees the "
+    "call, so a call still sending its body is not yet counted in gw.active_calls"))])
 def test_drain_waits_for_a_call_still_sending_its_body(fleet3: list[Slot], gateway_on: Any,
                                                        engine: str) -> None:
     """A client has sent the headers and half the body when SIGTERM arrives; the rest follows

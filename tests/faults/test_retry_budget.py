@@ -50,10 +50,6 @@ def test_budget_is_not_a_free_for_all() -> None:
     assert granted < 0.3 * 400 * 30
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "gateway/budget.py: deposits are decayed only in try_withdraw, by the time since the last "
-    "withdrawal; after more than window_s without a retry every deposit of the last window is "
-    "wiped (keep = 0). Fix: call self._decay() in record_call too (or keep per-second buckets)."))
 def test_calls_of_the_last_window_count_after_a_quiet_spell() -> None:
     """400 calls/s for 12 s with no retry, then one replica of two dies: half of the next
     second's calls need a retry (200, i.e. 5 % of the last 10 s of calls, far under 20 %)."""

@@ -26,12 +26,6 @@ def test_routers_of_unknown_model_names_are_not_kept() -> None:
     assert set(rt.routers) == {"half_plus_two"}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "gateway/ingress_grpc.py GrpcIngress.service caches a handler in self._handlers for every "
-    "path under /tensorflow.serving. a client sends (~600 bytes each, never evicted), so random "
-    "method names grow the gateway without bound. Fix: cache only the paths in METHODS and "
-    "build the pass-through handler for any other path per call (or use one shared handler "
-    "that reads the path from handler_call_details)."))
 def test_grpc_handlers_for_unknown_method_paths_are_not_kept() -> None:
     ingress = GrpcIngress(gw=None)  # type: ignore[arg-type]  # service() never touches gw
     for path in METHODS:
