@@ -28,7 +28,7 @@ from gateway.http2.client import (
     StreamReset,
     Unprocessed,
 )
-from gateway.http2.hpack import Headers, encode_field
+from gateway.http2.hpack import Headers
 from gateway.http2.modelspec import GrpcPath, SpecMemo
 from gateway.http2.stream import H2Limits, Stream
 from gateway.replicas import ReplicaState
@@ -80,8 +80,10 @@ class NativeGrpcForwarder:
             prefix = self._prefix[key] = self._enc.encode([
                 (":method", "POST"), (":scheme", "http"), (":path", path), (":authority", addr),
                 ("content-type", "application/grpc"), ("te", "trailers")])
-        parts = [prefix, encode_field("grpc-timeout", g.encode_timeout(timeout))]
         field = self._enc.field
+        # Whole milliseconds, rounded up (the deadline is enforced here too): few distinct
+        # values, so the field's encoding is usually remembered.
+        parts = [prefix, field("grpc-timeout", g.encode_timeout_ms(timeout))]
         for k, v in metadata:
             if k not in _SKIP and k[0] != ":":
                 parts.append(field(k, g.encode_bin(v) if isinstance(v, bytes) else v))

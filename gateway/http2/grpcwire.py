@@ -94,6 +94,12 @@ def encode_timeout(seconds: float) -> str:
     return "99999999H"
 
 
+def encode_timeout_ms(seconds: float) -> str:
+    """grpc-timeout in whole milliseconds, rounded up (seconds when that is too long)."""
+    ms = math.ceil(max(seconds, 0.0) * 1000)
+    return f"{ms}m" if ms < 100_000_000 else encode_timeout(seconds)
+
+
 def percent_encode(message: str) -> str:
     """grpc-message encoding: bytes outside 0x20-0x7E and '%' as %XX of the UTF-8 encoding."""
     if all(" " <= c <= "~" and c != "%" for c in message):
