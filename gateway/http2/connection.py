@@ -25,6 +25,7 @@ from typing import cast
 from gateway.http2 import frames as f
 from gateway.http2.frames import ProtocolError, StreamError
 from gateway.http2.hpack import HeaderListTooLarge, Headers, HpackDecoder, HpackEncoder, HpackError
+from gateway.http2.sending import H2Output
 from gateway.http2.stream import H2Limits, Stream
 
 log = logging.getLogger("infergate.http2")
@@ -33,28 +34,24 @@ _RECENT_RESETS = 256  # closed stream ids remembered, so their late frames are i
 _LINGER_S = 1.0  # how long a failed connection keeps reading before it closes
 
 
-class H2Connection(asyncio.Protocol):
+class H2Connection(H2Output, asyncio.Protocol):
     """Shared state and frame handling; subclasses implement the `_on_*` hooks."""
 
     is_client = False
 
     def __init__(self, limits: H2Limits, encoder: HpackEncoder) -> None:
+        super().__init__()
         self.limits = limits
         self.encoder = encoder
-        self.loop = asyncio.get_running_loop()
-        self.transport: asyncio.Transport | None = None
         self.reader = f.FrameReader(limits.max_frame_size)
         self.decoder = HpackDecoder(max_list_size=limits.max_header_list_size)
-        self.streams: dict[int, Stream] = {}
         self.closed = False
         self.goaway_sent = False
         self.goaway_received: int | None = None  # the peer's last_stream_id
         self.highest_peer_stream = 0
         # peer settings
         self.peer_initial_window = f.DEFAULT_WINDOW
-        self.peer_max_frame = f.DEFAULT_MAX_FRAME
         self.peer_max_streams: int | None = None
-        self.conn_send_window = f.DEFAULT_WINDOW
         self.recv_conn_window = f.DEFAULT_WINDOW  # raised to limits.connection_window at start
         self.recv_conn_unacked = 0
         # a header block in progress
@@ -63,13 +60,6 @@ class H2Connection(asyncio.Protocol):
         self._hdr_end_stream = False
         self._hdr_frames = 0
         self._hdr_size = 0
-        # output batching: frames produced while reading leave in one write
-        self._in_read = False
-        self._out: list[bytes | memoryview] = []
-        self._out_size = 0
-        self._flush_scheduled = False
-        self._write_paused = False
-        self._blocked: dict[int, Stream] = {}
         self._recent_resets: dict[int, None] = {}
         # abuse counters (fixed one-second windows)
         self._rate_start = 0.0
@@ -338,114 +328,6 @@ class H2Connection(asyncio.Protocol):
         setattr(self, counter, n)
         if n > limit:
             raise ProtocolError(f.ENHANCE_YOUR_CALM, f"{what}: more than {limit} per second")
-
-    # ---- writing ------------------------------------------------------------------------
-
-    def _write(self, data: bytes) -> None:
-        self._out.append(data)
-        self._out_size += len(data)
-        if not self._in_read:
-            self._schedule_flush()
-
-    def _schedule_flush(self) -> None:
-        """Corking: frames written outside a read (answers finished by tasks, requests sent
-        by callers) leave together at the next loop iteration, so the answers to a burst of
-        streams cost one syscall and one wake-up of the peer instead of one each. Profiles
-        showed the per-stream writes as the largest single cost of the proxy."""
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self._flush)
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        out = self._out
-        if not out:
-            return
-        self._out = []
-        size, self._out_size = self._out_size, 0
-        t = self.transport
-        if t is None:
-            return
-        if len(out) == 1:
-            t.write(out[0])
-        elif size <= 262_144:
-            t.write(b"".join(out))  # one buffer, one syscall; the copy is cheaper than a vector
-        else:
-            t.writelines(out)
-
-    def send_frames(self, stream: Stream, head: bytes, data: bytes | None,
-                    trailers: bytes | None) -> None:
-        """Send a stream's header frames, then DATA (flow-controlled) and trailing header
-        frames; END_STREAM is set on the last frame sent. `head` and `trailers` are complete
-        encoded frames (see frames.headers_frames)."""
-        parts: list[bytes | memoryview] = [head] if head else []
-        if data:
-            n = len(data)
-            room = min(stream.send_window, self.conn_send_window)
-            if n <= room and not self._write_paused and not stream.out:
-                stream.send_window -= n
-                self.conn_send_window -= n
-                parts += f.data_frames(stream.id, data, trailers is None, self.peer_max_frame)
-                data = None
-            else:
-                stream.out = memoryview(data)
-                stream.out_end = trailers is None
-                stream.out_trailers = trailers
-                self._blocked[stream.id] = stream
-                self._send_pending(stream, parts)
-        if data is None and trailers is not None:
-            parts.append(trailers)
-        if stream.out is None:
-            stream.local_closed = True
-        self._write_parts(parts)
-        if stream.local_closed:
-            self._maybe_forget(stream)
-
-    def _write_parts(self, parts: list[bytes | memoryview]) -> None:
-        if not parts:
-            return
-        self._out.extend(parts)
-        for p in parts:
-            self._out_size += len(p)
-        if not self._in_read:
-            self._schedule_flush()
-
-    def _send_pending(self, stream: Stream, parts: list[bytes | memoryview]) -> None:
-        """Move as much of `stream.out` as the windows allow into `parts`."""
-        out = stream.out
-        if out is None or self._write_paused:
-            return
-        room = min(stream.send_window, self.conn_send_window)
-        if room <= 0:
-            return
-        chunk = out[:room]
-        rest = out[len(chunk):]
-        last = not len(rest)
-        stream.send_window -= len(chunk)
-        self.conn_send_window -= len(chunk)
-        parts += f.data_frames(stream.id, chunk, last and stream.out_end, self.peer_max_frame)
-        if last:
-            stream.out = None
-            self._blocked.pop(stream.id, None)
-            if stream.out_trailers is not None:
-                parts.append(stream.out_trailers)
-                stream.out_trailers = None
-            stream.local_closed = True
-        else:
-            stream.out = rest
-
-    def _flush_blocked(self) -> None:
-        parts: list[bytes | memoryview] = []
-        done: list[Stream] = []
-        for stream in list(self._blocked.values()):
-            if self.conn_send_window <= 0 or self._write_paused:
-                break
-            self._send_pending(stream, parts)
-            if stream.local_closed:
-                done.append(stream)
-        self._write_parts(parts)
-        for stream in done:
-            self._maybe_forget(stream)
 
     def _maybe_forget(self, stream: Stream) -> None:
         if stream.local_closed and stream.remote_closed:
