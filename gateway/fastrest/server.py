@@ -68,16 +68,15 @@ class HttpRequest:
     """One parsed request. `headers` has lower-case names; values are latin-1 decoded, so every
     byte the client sent survives a round trip through `str`."""
 
-    __slots__ = ("method", "target", "headers", "body", "keep_alive", "version")
+    __slots__ = ("method", "target", "headers", "body", "keep_alive")
 
     def __init__(self, method: str, target: str, headers: dict[str, str], body: bytes,
-                 keep_alive: bool, version: str) -> None:
+                 keep_alive: bool) -> None:
         self.method = method
         self.target = target
         self.headers = headers
         self.body = body
         self.keep_alive = keep_alive
-        self.version = version
 
 
 # status, header lines ("Name: value\r\n" each; no Content-Length, no Connection), body
@@ -252,8 +251,7 @@ class HttpServerProtocol(asyncio.Protocol):
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         parser = self._parser
         req = HttpRequest(parser.get_method().decode("ascii"), self._url.decode("latin-1"),
-                          self._headers, body, parser.should_keep_alive(),
-                          parser.get_http_version())
+                          self._headers, body, parser.should_keep_alive())
         self._in_message = False
         self._expect_continue = False
         self._body = []
