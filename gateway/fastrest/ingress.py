@@ -73,6 +73,12 @@ class NativeRestIngress:
     def draining(self) -> bool:
         return self.gw.draining
 
+    def call_started(self) -> None:
+        self.gw.active_calls += 1  # the drain waits for calls whose body is still arriving
+
+    def call_finished(self) -> None:
+        self.gw.active_calls -= 1
+
     def reject(self, status: int, message: str) -> Response:
         self.gw.metrics.errors.labels("rest", _KIND.get(status, str(status))).inc()
         return error(status, message)
@@ -87,7 +93,7 @@ class NativeRestIngress:
         headers = request.headers
         call: Call | None = None
         try:
-            if gw.draining:
+            if gw.draining and request.late:  # a call begun before the drain is served
                 raise ShuttingDown("The gateway is shutting down")
             call = rest_call(method, request.target, headers, request.body, t0, self._target)
             answer = await gw.pipeline.handle(call, gw.rest_fwd)

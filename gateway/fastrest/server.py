@@ -68,15 +68,16 @@ class HttpRequest:
     """One parsed request. `headers` has lower-case names; values are latin-1 decoded, so every
     byte the client sent survives a round trip through `str`."""
 
-    __slots__ = ("method", "target", "headers", "body", "keep_alive")
+    __slots__ = ("method", "target", "headers", "body", "keep_alive", "late")
 
     def __init__(self, method: str, target: str, headers: dict[str, str], body: bytes,
-                 keep_alive: bool) -> None:
+                 keep_alive: bool, late: bool = False) -> None:
         self.method = method
         self.target = target
         self.headers = headers
         self.body = body
         self.keep_alive = keep_alive
+        self.late = late  # its head arrived after the server began draining
 
 
 # status, header lines ("Name: value\r\n" each; no Content-Length, no Connection), body
@@ -88,6 +89,14 @@ class RestApp(Protocol):
     def draining(self) -> bool:
         """True once the server is going away: answers then close their connection, so
         keep-alive clients reconnect to another instance."""
+        ...
+
+    def call_started(self) -> None:
+        """A request's head has arrived: the call exists from now on (a drain waits for it)."""
+        ...
+
+    def call_finished(self) -> None:
+        """A call counted by call_started is answered, refused or lost with its connection."""
         ...
 
     def handle(self, request: HttpRequest) -> Awaitable[Response]: ...
@@ -134,6 +143,8 @@ class HttpServerProtocol(asyncio.Protocol):
         self._head_done = False
         self._expect_continue = False
         self._refused = False  # the current request was answered by the framing layer
+        self._late = False  # the current request's head arrived while draining
+        self._held = 0  # calls started (call_started) and not yet finished, on this connection
         # requests parsed and waiting, and the one being answered
         self._queue: deque[HttpRequest] = deque()
         self._active: asyncio.Task[None] | None = None
@@ -159,6 +170,7 @@ class HttpServerProtocol(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
         self._transport = None
+        self._release_all()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -235,6 +247,9 @@ class HttpServerProtocol(asyncio.Protocol):
             self._refuse(413, f"Request body of {length} bytes exceeds the limit of "
                               f"{self._limits.max_body} bytes")
             raise _Refused
+        self._held += 1
+        self._app.call_started()
+        self._late = self._app.draining
         expect = self._headers.get("expect")
         if expect is not None and expect.lower() == "100-continue":
             self._expect_continue = True
@@ -251,7 +266,7 @@ class HttpServerProtocol(asyncio.Protocol):
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         parser = self._parser
         req = HttpRequest(parser.get_method().decode("ascii"), self._url.decode("latin-1"),
-                          self._headers, body, parser.should_keep_alive())
+                          self._headers, body, parser.should_keep_alive(), self._late)
         self._in_message = False
         self._expect_continue = False
         self._body = []
@@ -283,6 +298,9 @@ class HttpServerProtocol(asyncio.Protocol):
         self._phase_since = self._loop.time()
         close = not req.keep_alive or self._closing or self._app.draining
         self._write(status, headers, body, req.method == "HEAD", close)
+        if self._held:
+            self._held -= 1
+            self._app.call_finished()
         if close:
             self._close()
             return
@@ -327,7 +345,13 @@ class HttpServerProtocol(asyncio.Protocol):
             self._active = None
         st, headers, body = self._app.reject(status, message)
         self._write(st, headers, body, False, True)
+        self._release_all()
         self._close()
+
+    def _release_all(self) -> None:
+        while self._held:
+            self._held -= 1
+            self._app.call_finished()
 
     def _close(self) -> None:
         self._closing = True

@@ -72,6 +72,16 @@ class NativeGrpcIngress:
 
     # ---- H2App ---------------------------------------------------------------------------
 
+    @property
+    def draining(self) -> bool:
+        return self.gw.draining
+
+    def call_started(self) -> None:
+        self.gw.active_calls += 1  # the drain waits for calls whose body is still arriving
+
+    def call_finished(self) -> None:
+        self.gw.active_calls -= 1
+
     def on_request(self, conn: H2ServerConnection, stream: Stream) -> None:
         stream.handler = spawn(self._serve(conn, stream), "grpc-call")
 
@@ -103,7 +113,7 @@ class NativeGrpcIngress:
             method = "other"
         call: Call | None = None
         try:
-            if gw.draining:
+            if gw.draining and stream.late:  # a call begun before the drain is served
                 raise ShuttingDown("The gateway is shutting down")
             try:
                 body = gw_.unframe(stream.body(), encoding, self.max_message)

@@ -32,6 +32,17 @@ _DRAIN_PING_TIMEOUT_S = 1.0
 class H2App(Protocol):
     max_body: int  # largest request body (DATA bytes) a stream may carry
 
+    @property
+    def draining(self) -> bool: ...
+
+    def call_started(self) -> None:
+        """A stream opened: the call exists from now on (a drain waits for it)."""
+        ...
+
+    def call_finished(self) -> None:
+        """A stream counted by call_started closed, was reset, or lost its connection."""
+        ...
+
     def on_request(self, conn: H2ServerConnection, stream: Stream) -> None: ...
 
     def on_body_too_large(self, conn: H2ServerConnection, stream: Stream) -> None: ...
@@ -74,6 +85,7 @@ class H2ServerConnection(H2Connection):
         streams = list(self.streams.values())
         self.streams.clear()
         for stream in streams:
+            self.app.call_finished()
             if stream.handler is not None:
                 stream.handler.cancel()
 
@@ -109,7 +121,9 @@ class H2ServerConnection(H2Connection):
             return
         stream = Stream(sid, self.peer_initial_window)
         stream.headers = headers
+        stream.late = self.app.draining
         self.streams[sid] = stream
+        self.app.call_started()
         if end_stream:
             stream.remote_closed = True
             self.app.on_request(self, stream)
@@ -125,6 +139,7 @@ class H2ServerConnection(H2Connection):
             self.app.on_request(self, stream)
 
     def _on_reset(self, stream: Stream, code: int, local: bool = False) -> None:
+        self.app.call_finished()
         if stream.handler is not None and not local:
             stream.handler.cancel()
         self._maybe_close_drained()
@@ -135,6 +150,7 @@ class H2ServerConnection(H2Connection):
             self.fail(f.NO_ERROR, "peer sent GOAWAY with an error")
 
     def _on_closed(self, stream: Stream) -> None:
+        self.app.call_finished()
         self._maybe_close_drained()
 
     # ---- answering ----------------------------------------------------------------------

@@ -21,6 +21,13 @@ class EchoApp:
         self.cancelled = 0
         self.started = asyncio.Event()
         self.draining = False
+        self.active = 0
+
+    def call_started(self) -> None:
+        self.active += 1
+
+    def call_finished(self) -> None:
+        self.active -= 1
 
     async def handle(self, req: HttpRequest) -> Response:
         if req.target.startswith("/sleep/"):
@@ -241,4 +248,28 @@ def test_draining_answers_close_their_connection() -> None:
         status, headers, _ = await read_response(r)
         assert status == 200 and headers["connection"] == "close"
         assert await r.read() == b""
+    run(t)
+
+
+def test_calls_are_counted_from_head_to_answer() -> None:
+    async def t(port: int, app: EchoApp) -> None:
+        r, w = await connect(port)
+        w.write(b"POST /c HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\n\r\nab")
+        for _ in range(100):
+            if app.active:
+                break
+            await asyncio.sleep(0.01)
+        assert app.active == 1  # counted while its body is still arriving
+        w.write(b"cd")
+        assert (await read_response(r))[0] == 200
+        assert app.active == 0
+        w.write(b"GET /sleep/5000 HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\n\r\n")
+        await app.started.wait()
+        assert app.active == 2
+        w.close()  # gone: both are released
+        for _ in range(100):
+            if app.active == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert app.active == 0
     run(t)

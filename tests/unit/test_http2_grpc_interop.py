@@ -43,6 +43,15 @@ class EchoApp:
         self.calls = 0
         self.goaway_once = False
 
+    draining = False
+    active = 0
+
+    def call_started(self) -> None:
+        self.active += 1
+
+    def call_finished(self) -> None:
+        self.active -= 1
+
     def on_request(self, conn: H2ServerConnection, stream: Stream) -> None:
         stream.handler = spawn(self.serve(conn, stream), "echo")
 

@@ -30,6 +30,15 @@ class App:
         self.cancelled = 0
         self.too_large = 0
 
+    draining = False
+    active = 0
+
+    def call_started(self) -> None:
+        self.active += 1
+
+    def call_finished(self) -> None:
+        self.active -= 1
+
     def on_request(self, conn: H2ServerConnection, stream: Stream) -> None:
         stream.handler = spawn(self.serve(conn, stream), "raw")
 
@@ -258,4 +267,28 @@ def test_even_stream_from_client_is_a_protocol_error() -> None:
     async def t(c: Client, app: App, _: object) -> None:
         c.request(2, "/size/1")
         assert await c.goaway_code() == f.PROTOCOL_ERROR
+    run(t)
+
+
+def test_calls_are_counted_from_open_to_close() -> None:
+    async def t(c: Client, app: App, _: object) -> None:
+        async def until(n: int) -> None:
+            for _ in range(200):
+                if app.active == n:
+                    return
+                await asyncio.sleep(0.01)
+            raise AssertionError(f"active {app.active}, expected {n}")
+
+        c.request(1, "/size/1", end=False)  # body still to come
+        await until(1)
+        c.send(f.frame(f.DATA, f.END_STREAM, 1, b"x"))
+        await c.until(f.DATA)
+        await until(0)
+        c.request(3, "/size/1/wait/5000")
+        c.request(5, "/size/1/wait/5000")
+        await until(2)
+        c.send(f.rst_stream(3, f.CANCEL))
+        await until(1)
+        c.w.close()  # the connection goes: the last one is released too
+        await until(0)
     run(t)
