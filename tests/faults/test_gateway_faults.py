@@ -298,9 +298,7 @@ def test_gateway_sigterm_drains_in_flight_calls(fleet3: list[Slot], gateway_on: 
     assert rc == 0, g.log()[-3000:]
 
 
-@pytest.mark.parametrize("engine", ["compat", pytest.param("native", marks=pytest.mark.xfail(
-    strict=True, reason="the native REST server reads the whole body before the gateway sees the "
-    "call, so a call still sending its body is not yet counted in gw.active_calls"))])
+@pytest.mark.parametrize("engine", ["compat", "native"])
 def test_drain_waits_for_a_call_still_sending_its_body(fleet3: list[Slot], gateway_on: Any,
                                                        engine: str) -> None:
     """A client has sent the headers and half the body when SIGTERM arrives; the rest follows
