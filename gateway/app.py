@@ -152,9 +152,9 @@ class Gateway:
         m = self.model_label(model)
         version = "" if answer is None or answer.version is None else str(answer.version)
         elapsed = time.monotonic() - t0
-        self.metrics.requests.labels(protocol, m, version, answer.replica if answer else "",
-                                     code).inc()
-        self.metrics.latency.labels(protocol, m).observe(elapsed)
+        mx = self.metrics
+        mx.child(mx.requests, protocol, m, version, answer.replica if answer else "", code).inc()
+        mx.child(mx.latency, protocol, m).observe(elapsed)
         if m:
             ok = answer is not None and answer.ok(protocol)
             self.traffic.observe(m, answer.arm if answer else "", version, ok, elapsed)
@@ -192,7 +192,7 @@ class Gateway:
         ev.set()
 
     def on_upstream_done(self, replica: ReplicaState, seconds: float) -> None:
-        self.metrics.upstream_latency.labels(replica.name).observe(seconds)
+        self.metrics.child(self.metrics.upstream_latency, replica.name).observe(seconds)
         self.scale.observe(replica.pool, seconds)
 
     # ---- reload ------------------------------------------------------------------------------

@@ -183,7 +183,8 @@ class Pipeline:
                 cands = [r for r in cands if r.pool == t.pool]
             if cands:
                 if t.arm != "latest" or len(targets) > 1:
-                    self.gw.metrics.split_arm.labels(model, t.arm).inc()
+                    mx = self.gw.metrics
+                    mx.child(mx.split_arm, model, t.arm).inc()
                 return v, cands, t.arm
             ro = router.cfg.rollout
             if ro is not None and t.arm == ro.canary and any(

@@ -40,8 +40,11 @@ class Target:
 @dataclass(frozen=True, slots=True)
 class CompiledRoute:
     split: WeightedSplit[str]
-    bucket_by: str | None
-    arms: tuple[str, ...]
+    bucket_by_lower: str | None
+    orders: dict[str, tuple[Target, ...]]  # picked arm -> targets in order of preference
+
+
+_LATEST = (Target(),)
 
 
 def _header_match(name: str, spec: str | HeaderMatchCfg) -> HeaderMatch:
@@ -78,8 +81,11 @@ class ModelRouter:
                 methods=frozenset(m.methods) if m and m.methods else None,
                 protocols=frozenset(m.protocols) if m and m.protocols else None,
             )
-            rules.append((match, CompiledRoute(WeightedSplit(weighted, salt=name), route.bucket_by,
-                                               arms)))
+            orders = {first: tuple(self.target_of(a) for a in (first, *[b for b in arms if b != first]))
+                      + _LATEST for first in arms}
+            rules.append((match, CompiledRoute(WeightedSplit(weighted, salt=name),
+                                               route.bucket_by.lower() if route.bucket_by else None,
+                                               orders)))
         self.chain: RuleChain[CompiledRoute] = RuleChain(rules)
         balance = cfg.balance if "balance" in cfg.model_fields_set else default_balance
         self.balancer: Balancer = make_balancer(balance)
@@ -101,15 +107,14 @@ class ModelRouter:
         return Target(version=self.labels.get(arm), arm=arm)
 
     def choose_targets(self, headers: Mapping[str, str], method: str, protocol: str,
-                       rng: random.Random) -> list[Target]:
-        """Targets in order of preference for a call that named no version or label."""
+                       rng: random.Random) -> tuple[Target, ...]:
+        """Targets in order of preference for a call that named no version or label: the picked
+        arm, the route's other arms, then the latest version (precomputed per picked arm)."""
         route = self.chain.select(headers, method, protocol)
         if route is None:
-            return [Target()]
-        key = headers.get(route.bucket_by.lower()) if route.bucket_by else None
-        first = route.split.pick(key, rng)
-        order = [first] + [a for a in route.arms if a != first]
-        return [self.target_of(a) for a in order] + [Target()]
+            return _LATEST
+        key = headers.get(route.bucket_by_lower) if route.bucket_by_lower else None
+        return route.orders[route.split.pick(key, rng)]
 
     def authorized(self, headers: Mapping[str, str]) -> bool:
         """True when the model needs no key or the call carries one of its keys (x-api-key or

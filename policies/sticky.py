@@ -176,11 +176,13 @@ class StickyPolicy:
     fallback such as ``round_robin`` advances its rotation on those calls as well.
     """
 
-    __slots__ = ("_fallback", "_tables")
+    __slots__ = ("_fallback", "_tables", "_last_candidates", "_last_members")
 
     def __init__(self, fallback: Balancer, tables: StickyTableCache | None = None) -> None:
         self._fallback = fallback
         self._tables = tables if tables is not None else StickyTableCache()
+        self._last_candidates: Sequence[ReplicaView] | None = None
+        self._last_members: Members = frozenset()
 
     @property
     def fallback(self) -> Balancer:
@@ -191,8 +193,12 @@ class StickyPolicy:
         key = ctx.key
         if not key or len(ranked) <= 1:
             return ranked
-        members = frozenset([(replica.name, replica.weight) for replica in candidates])
-        sticky = self._tables.get(members).lookup(key)
+        # The gateway hands the same candidate list object until its replica set changes, so
+        # the members key is built once per list, not once per call.
+        if candidates is not self._last_candidates:
+            self._last_members = frozenset([(r.name, r.weight) for r in candidates])
+            self._last_candidates = candidates
+        sticky = self._tables.get(self._last_members).lookup(key)
         for i, replica in enumerate(ranked):
             if replica.name == sticky:
                 if i:
