@@ -10,7 +10,7 @@ REST answers are JSON documents compared as a whole (predict's "predictions"/"ou
 classify's and regress's "result"). gRPC answers are protobuf bytes, read with the wire reader of
 `gateway.wire`: the ModelSpec (field 2 of Predict/Classification/RegressionResponse, field 1 of
 each MultiInference result) is dropped, tensors are decoded by hand (TensorProto field numbers
-from tensorflow/core/framework/tensor.proto) and compared by dtype, shape and values.
+as TensorFlow's tensor.proto defines them) and compared by dtype, shape and values.
 
 What must always hold: anything unparseable, or parseable only on one side, is a disagreement,
 never an exception; this module never imports TensorFlow.

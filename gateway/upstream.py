@@ -24,7 +24,7 @@ from gateway.call import Answer, Call
 from gateway.config import UpstreamTls
 from gateway.errors import DeadlineExceeded, ReplicaUnavailable
 from gateway.replicas import ReplicaState
-from gateway.wire import RestRequest, rest_path_for, rewrite_version
+from gateway.wire import RestRequest, rewrite_version, upstream_path
 
 UNAVAILABLE = grpc.StatusCode.UNAVAILABLE.value[0]
 
@@ -106,9 +106,7 @@ class RestForwarder:
         if addr is None:
             raise ReplicaUnavailable(f"replica {replica.name} has no REST address")
         req: RestRequest = call.extra  # type: ignore[assignment]
-        path = rest_path_for(req.target, version) if req.target is not None else req.raw_path
-        if req.query:
-            path += "?" + req.query
+        path = upstream_path(req, version)
         headers = {k: v for k, v in call.headers.items() if k not in _HOP}
         http_method = req.http_method
         try:

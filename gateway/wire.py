@@ -297,3 +297,10 @@ def rest_path_for(target: RestTarget, version: int | None) -> str:
     if target.verb == "metadata":
         return base + "/metadata"
     return f"{base}:{target.verb}"
+
+
+def upstream_path(req: RestRequest, version: int | None) -> str:
+    """The path and query a REST call is forwarded with (the version resolved at the gateway
+    replaces any label; a pass-through call keeps its request target as received)."""
+    path = rest_path_for(req.target, version) if req.target is not None else req.raw_path
+    return path + "?" + req.query if req.query else path

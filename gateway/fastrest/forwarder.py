@@ -11,7 +11,7 @@ from gateway.call import IDEMPOTENT, Answer, Call
 from gateway.errors import DeadlineExceeded, ReplicaUnavailable
 from gateway.fastrest.pool import HostPool, UpstreamError, UpstreamTimeout
 from gateway.replicas import ReplicaState
-from gateway.wire import RestRequest, rest_path_for
+from gateway.wire import RestRequest, upstream_path
 
 # Request headers never forwarded (hop-by-hop, or recomputed here).
 HOP = frozenset({
@@ -32,9 +32,7 @@ class NativeRestForwarder:
         if addr is None:
             raise ReplicaUnavailable(f"replica {replica.name} has no REST address")
         req: RestRequest = call.extra  # type: ignore[assignment]
-        path = rest_path_for(req.target, version) if req.target is not None else req.raw_path
-        if req.query:
-            path += "?" + req.query
+        path = upstream_path(req, version)
         body = call.body
         method = req.http_method
         lines = [f"{method} {path} HTTP/1.1\r\n"]

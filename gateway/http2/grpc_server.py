@@ -23,6 +23,7 @@ from gateway.http2.hpack import Headers, HpackEncoder, encode_field
 from gateway.http2.modelspec import GrpcPath, SpecMemo
 from gateway.http2.server import H2ServerConnection
 from gateway.http2.stream import Stream
+from gateway.ingress_grpc import METHODS
 from gateway.tasks import spawn
 
 if TYPE_CHECKING:
@@ -30,17 +31,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("infergate.grpc")
 
-PREDICTION = "/tensorflow.serving.PredictionService/"
-MODEL = "/tensorflow.serving.ModelService/"
-METHODS: dict[str, str] = {
-    PREDICTION + "Predict": "predict",
-    PREDICTION + "Classify": "classify",
-    PREDICTION + "Regress": "regress",
-    PREDICTION + "MultiInference": "multi_inference",
-    PREDICTION + "GetModelMetadata": "metadata",
-    MODEL + "GetModelStatus": "status",
-    MODEL + "HandleReloadConfigRequest": "reload",
-}
 # Request headers that are transport, not call metadata.
 _RESERVED = frozenset({"content-type", "te", "grpc-timeout", "grpc-encoding",
                        "grpc-accept-encoding", "content-length", "connection", "host"})
