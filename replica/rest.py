@@ -72,8 +72,9 @@ def _inflate(body: bytes) -> bytes:
 
 
 def _unescape(text: str) -> str:
-    """curl_easy_unescape: %XX sequences only ('+' stays '+')."""
-    return urllib.parse.unquote(text, errors="surrogateescape")
+    """curl_easy_unescape: %XX sequences only ('+' stays '+'). Bytes that are not UTF-8 become
+    U+FFFD: such a name matches no model (404), and the message stays printable JSON."""
+    return urllib.parse.unquote(text, errors="replace")
 
 
 class RestApi:
