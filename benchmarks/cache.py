@@ -15,6 +15,7 @@ and the replica on core 1.
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import re
 import signal
@@ -63,12 +64,9 @@ def wait_ok(url: str, timeout: float) -> None:
     raise RuntimeError(f"{url} not ready")
 
 
-_RUNS = [0]
-
-
-def wrk(url: str, script: Path, seconds: float, conns: int) -> float:
-    _RUNS[0] += 1
-    offset = str(_RUNS[0] * 10_000_000)
+def wrk(url: str, script: Path, seconds: float, conns: int, run: int) -> float:
+    """req/s of one wrk run; `run` numbers the run so unique bodies never repeat across runs."""
+    offset = str(run * 10_000_000)
     out = subprocess.run(["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}",
                           f"-d{max(1, round(seconds))}s", "-s", str(script), url, "--", offset],
                          capture_output=True, text=True, check=True).stdout
@@ -127,12 +125,13 @@ def main(argv: list[str] | None = None) -> int:
             "gateway, miss, cache off": (f"http://127.0.0.1:{ports['off']}{path}", unique),
             "gateway, miss, cache on": (f"http://127.0.0.1:{ports['on']}{path}", unique),
         }
+        run = itertools.count(1)
         for url, script in runs.values():  # warm-up (and the hit run's first miss)
-            wrk(url, script, 1.0, args.connections)
+            wrk(url, script, 1.0, args.connections, next(run))
         got: dict[str, list[float]] = {k: [] for k in runs}
         for _ in range(args.reps):
             for k, (url, script) in runs.items():
-                got[k].append(wrk(url, script, args.duration, args.connections))
+                got[k].append(wrk(url, script, args.duration, args.connections, next(run)))
         med = {k: statistics.median(v) for k, v in got.items()}
         title = f"REST predict, {args.connections} connections"
         print(f"\n{title:36s} {'req/s (median)':>16s}")
