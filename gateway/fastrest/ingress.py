@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from gateway.call import Answer, Call
 from gateway.errors import GatewayError, ShuttingDown, rest_error_body
 from gateway.fastrest.server import HttpRequest, Response
+from gateway.memo import BoundedMemo
 from gateway.rest_call import rest_call
 from gateway.wire import RestTarget, parse_rest_path
 
@@ -39,8 +40,8 @@ class NativeRestIngress:
 
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
-        self._targets: dict[tuple[str, str], RestTarget | None] = {}
-        self._tails: dict[tuple[str, int | None, str], bytes] = {}
+        self._targets: BoundedMemo[tuple[str, str], RestTarget | None] = BoundedMemo(_MEMO_MAX)
+        self._tails: BoundedMemo[tuple[str, int | None, str], bytes] = BoundedMemo(_MEMO_MAX)
 
     def _target(self, method: str, path: str) -> RestTarget | None:
         """parse_rest_path, memoised: a regex match per request showed up in profiles."""
@@ -49,22 +50,17 @@ class NativeRestIngress:
             return self._targets[key]
         except KeyError:
             pass
-        target = parse_rest_path(method, path)  # may raise BadRequest; that is not memoised
-        if len(self._targets) >= _MEMO_MAX:
-            self._targets.clear()
-        self._targets[key] = target
-        return target
+        # parse_rest_path may raise BadRequest; that is not memoised.
+        return self._targets.put(key, parse_rest_path(method, path))
 
     def encode_answer(self, a: Answer) -> Response:
         key = (a.replica, a.version, a.cache)
         tail = self._tails.get(key)
         if tail is None:
-            if len(self._tails) >= _MEMO_MAX:
-                self._tails.clear()
             version = "" if a.version is None else str(a.version)
-            tail = self._tails[key] = (f"x-infergate-replica: {a.replica}\r\n"
-                                       f"x-infergate-version: {version}\r\n"
-                                       f"x-infergate-cache: {a.cache}\r\n").encode("latin-1")
+            tail = self._tails.put(key, (f"x-infergate-replica: {a.replica}\r\n"
+                                         f"x-infergate-version: {version}\r\n"
+                                         f"x-infergate-cache: {a.cache}\r\n").encode("latin-1"))
         lines = "".join([f"{k}: {v}\r\n" for k, v in a.headers
                          if not k.startswith("x-infergate-")]).encode("latin-1")
         return a.status, lines + tail, a.body

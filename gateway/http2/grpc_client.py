@@ -31,6 +31,7 @@ from gateway.http2.client import (
 from gateway.http2.hpack import Headers
 from gateway.http2.modelspec import GrpcPath, SpecMemo
 from gateway.http2.stream import H2Limits, Stream
+from gateway.memo import BoundedMemo
 from gateway.replicas import ReplicaState
 from gateway.upstream import GrpcForwarder
 
@@ -58,10 +59,11 @@ class NativeGrpcForwarder:
         # Upstream streams are ours; the replica's window decides how fast we send.
         self.pool = H2ClientPool(limits or H2Limits(), max_message + 5)
         self._enc = self.pool.encoder
-        self._prefix: dict[tuple[str, str], bytes] = {}
+        self._prefix: BoundedMemo[tuple[str, str], bytes] = BoundedMemo(_MEMO_MAX)
         self._probe: GrpcForwarder | None = None
-        self._heads: dict[Headers, tuple[str, str | None, tuple[tuple[str, str], ...]]] = {}
-        self._tails: dict[Headers, tuple[int, str, Metadata]] = {}
+        self._heads: BoundedMemo[Headers, tuple[str, str | None, tuple[tuple[str, str], ...]]] = (
+            BoundedMemo(_MEMO_MAX))
+        self._tails: BoundedMemo[Headers, tuple[int, str, Metadata]] = BoundedMemo(_MEMO_MAX)
 
     def channel(self, addr: str) -> grpc.aio.Channel:
         """A grpc.aio channel to `addr`, for the health checker's GetModelStatus probes of
@@ -75,11 +77,9 @@ class NativeGrpcForwarder:
         key = (path, addr)
         prefix = self._prefix.get(key)
         if prefix is None:
-            if len(self._prefix) >= _MEMO_MAX:
-                self._prefix.clear()
-            prefix = self._prefix[key] = self._enc.encode([
+            prefix = self._prefix.put(key, self._enc.encode([
                 (":method", "POST"), (":scheme", "http"), (":path", path), (":authority", addr),
-                ("content-type", "application/grpc"), ("te", "trailers")])
+                ("content-type", "application/grpc"), ("te", "trailers")]))
         field = self._enc.field
         # Whole milliseconds, rounded up (the deadline is enforced here too): few distinct
         # values, so the field's encoding is usually remembered.
@@ -191,11 +191,7 @@ class NativeGrpcForwarder:
                 encoding = v
             elif k not in _TRANSPORT:
                 initial.append((k, v))
-        head = (status, encoding, tuple(initial))
-        if len(self._heads) >= _MEMO_MAX:
-            self._heads.clear()
-        self._heads[headers] = head
-        return head
+        return self._heads.put(headers, (status, encoding, tuple(initial)))
 
     def _parse_trailers(self, trailers: Headers) -> tuple[int, str, Metadata]:
         code_s = None
@@ -216,10 +212,7 @@ class NativeGrpcForwarder:
             tail = (g.UNKNOWN, "missing grpc-status", tuple(trailing))
         else:
             tail = (int(code_s), details, tuple(trailing))
-        if len(self._tails) >= _MEMO_MAX:
-            self._tails.clear()
-        self._tails[trailers] = tail
-        return tail
+        return self._tails.put(trailers, tail)
 
     def retryable(self, answer: Answer) -> bool:
         return answer.status == g.UNAVAILABLE

@@ -24,6 +24,7 @@ from gateway.http2.modelspec import GrpcPath, SpecMemo
 from gateway.http2.server import H2ServerConnection
 from gateway.http2.stream import Stream
 from gateway.ingress_grpc import METHODS
+from gateway.memo import BoundedMemo
 from gateway.tasks import spawn
 
 if TYPE_CHECKING:
@@ -56,9 +57,10 @@ class NativeGrpcIngress:
         self._ok_trailer = encoder.encode([("grpc-status", "0")])
         self._own = encoder.encode([("x-infergate-replica", ""), ("x-infergate-version", ""),
                                     ("x-infergate-cache", "miss")])
-        self._tails: dict[tuple[str, int | None, str], bytes] = {}
-        self._parsed: dict[Headers, _Parsed] = {}
-        self._md_blocks: dict[tuple[tuple[str, str | bytes], ...], bytes] = {}
+        self._tails: BoundedMemo[tuple[str, int | None, str], bytes] = BoundedMemo(_MEMO_MAX)
+        self._parsed: BoundedMemo[Headers, _Parsed] = BoundedMemo(_MEMO_MAX)
+        self._md_blocks: BoundedMemo[tuple[tuple[str, str | bytes], ...], bytes] = BoundedMemo(
+            _MEMO_MAX)
 
     # ---- H2App ---------------------------------------------------------------------------
 
@@ -167,10 +169,7 @@ class NativeGrpcIngress:
                 if not k.endswith("-bin"):
                     md[k] = v
         parsed = (path, method_, ctype, encoding, timeout, MappingProxyType(md), tuple(received))
-        if len(self._parsed) >= _MEMO_MAX:
-            self._parsed.clear()
-        self._parsed[headers] = parsed
-        return parsed
+        return self._parsed.put(headers, parsed)
 
     def _reply(self, conn: H2ServerConnection, stream: Stream, a: Answer) -> None:
         head = self._head_200 + self._metadata(a.headers) + self._tail(a)
@@ -202,22 +201,16 @@ class NativeGrpcIngress:
             if isinstance(v, bytes):
                 v = gw_.encode_bin(v)
             out.append(encode_field(k, v))
-        enc = b"".join(out)
-        if len(self._md_blocks) >= _MEMO_MAX:
-            self._md_blocks.clear()
-        self._md_blocks[key] = enc
-        return enc
+        return self._md_blocks.put(key, b"".join(out))
 
     def _tail(self, a: Answer) -> bytes:
         key = (a.replica, a.version, a.cache)
         tail = self._tails.get(key)
         if tail is None:
-            if len(self._tails) >= _MEMO_MAX:
-                self._tails.clear()
-            tail = self._tails[key] = b"".join((
+            tail = self._tails.put(key, b"".join((
                 encode_field("x-infergate-replica", a.replica),
                 encode_field("x-infergate-version", "" if a.version is None else str(a.version)),
-                encode_field("x-infergate-cache", a.cache)))
+                encode_field("x-infergate-cache", a.cache))))
         return tail
 
     def _own_error(self, conn: H2ServerConnection, stream: Stream, code: int,

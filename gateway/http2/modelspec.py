@@ -14,6 +14,7 @@ them on generated messages); the memos are bounded.
 
 from __future__ import annotations
 
+from gateway.memo import BoundedMemo
 from gateway.wire import ModelSpec, WireError, read_spec, rewrite_version
 
 _MEMO_MAX = 4096
@@ -82,8 +83,8 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
 
 class SpecMemo:
     def __init__(self) -> None:
-        self._specs: dict[bytes, ModelSpec | None] = {}
-        self._rewrites: dict[tuple[bytes, int], bytes] = {}
+        self._specs: BoundedMemo[bytes, ModelSpec | None] = BoundedMemo(_MEMO_MAX)
+        self._rewrites: BoundedMemo[tuple[bytes, int], bytes] = BoundedMemo(_MEMO_MAX)
 
     def spec(self, body: bytes, multi: bool) -> tuple[ModelSpec | None, int]:
         """The request's ModelSpec (None: none, or unreadable) and the leading-field end
@@ -98,11 +99,7 @@ class SpecMemo:
             return self._specs[key], end
         except KeyError:
             pass
-        spec = _safe_read(key, False)
-        if len(self._specs) >= _MEMO_MAX:
-            self._specs.clear()
-        self._specs[key] = spec
-        return spec, end
+        return self._specs.put(key, _safe_read(key, False)), end
 
     def rewrite(self, body: bytes, end: int, version: int, multi: bool, model: str) -> bytes:
         """gateway.wire.rewrite_version, using the offset from `spec` when there is one."""
@@ -111,10 +108,7 @@ class SpecMemo:
         key = (body[:end], version)
         field = self._rewrites.get(key)
         if field is None:
-            field = rewrite_version(key[0], version)
-            if len(self._rewrites) >= _MEMO_MAX:
-                self._rewrites.clear()
-            self._rewrites[key] = field
+            field = self._rewrites.put(key, rewrite_version(key[0], version))
         return field + body[end:]
 
 
