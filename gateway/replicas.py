@@ -69,20 +69,21 @@ class ReplicaState:
     def latency_s(self, now: float) -> float:
         return self.ewma.value(now)
 
-    def _fresh(self) -> bool:
+    def load_fresh(self) -> bool:
+        """The last scrape parsed and is not older than the staleness limit."""
         return self.gpu.ok and time.monotonic() - self.gpu.at <= self.stale_after_s
 
     @property
     def gpu_util(self) -> float | None:
-        return self.gpu.util if self._fresh() else None
+        return self.gpu.util if self.load_fresh() else None
 
     @property
     def gpu_mem_frac(self) -> float | None:
-        return self.gpu.mem_frac if self._fresh() else None
+        return self.gpu.mem_frac if self.load_fresh() else None
 
     @property
     def cpu_util(self) -> float | None:
-        return self.gpu.cpu_util if self._fresh() else None
+        return self.gpu.cpu_util if self.load_fresh() else None
 
     def routable(self, now: float) -> bool:
         return self.healthy and not self.draining and now >= self.ejected_until

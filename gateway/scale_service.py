@@ -63,7 +63,7 @@ def _pool_value(reps: list[ReplicaState], attr: str) -> tuple[bool, float | None
     for r in reps:
         if r.cfg.metrics is None:
             continue
-        fresh = r.gpu.ok and time.monotonic() - r.gpu.at <= r.stale_after_s
+        fresh = r.load_fresh()
         v = getattr(r.gpu, attr)
         if fresh and v is None:
             continue  # the source answers but does not export this figure: not configured here
