@@ -7,12 +7,200 @@ unchecked request), and no session or user id is ever a label value.
 
 from __future__ import annotations
 
-from typing import Any
+import re
+import time
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, cast
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import metrics as _prom_metrics
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
+
+_go_float = cast(Callable[[float], str], floatToGoString)  # `le` label text, as prometheus_client
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                    10.0, 30.0)
+
+
+# ---- lock-free labelled metrics for the per-call hot path ---------------------------------------
+#
+# prometheus_client guards every inc()/observe() with a threading.Lock (two for a histogram) and
+# re-checks observability on each call. The gateway updates these metrics from its event loop
+# only (one thread per process), so plain attribute arithmetic is safe and several times cheaper.
+# The exposition is the same as prometheus_client's Counter/Histogram: names, HELP, TYPE, label
+# names, sample names and order, cumulative `le` buckets and `_created` series.
+
+_LABEL_NAME = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+
+
+def _created_enabled() -> bool:
+    # prometheus_client's switch (PROMETHEUS_DISABLE_CREATED_SERIES / disable_created_metrics()).
+    return bool(getattr(_prom_metrics, "_use_created", True))
+
+
+def _check_labelnames(labelnames: Sequence[str], reserved: Sequence[str] = ()) -> tuple[str, ...]:
+    names = tuple(labelnames)
+    for n in names:
+        if not _LABEL_NAME.match(n) or n.startswith("__") or n in reserved:
+            raise ValueError(f"Invalid label metric name: {n}")
+    return names
+
+
+class FastCounterChild:
+    """One labelled series of a FastCounter. Event-loop thread only."""
+
+    __slots__ = ("value", "created")
+
+    def __init__(self) -> None:
+        self.value = 0.0
+        self.created = time.time()
+
+    def inc(self, amount: float = 1.0) -> None:
+        if amount < 0:
+            raise ValueError("Counters can only be incremented by non-negative amounts.")
+        self.value += amount
+
+
+class FastHistogramChild:
+    """One labelled series of a FastHistogram. Event-loop thread only."""
+
+    __slots__ = ("counts", "sum", "created", "_bounds")
+
+    def __init__(self, bounds: list[float]) -> None:
+        self._bounds = bounds  # finite upper bounds, ascending; counts[-1] is the +Inf bucket
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+        self.created = time.time()
+
+    def observe(self, amount: float) -> None:
+        # `le` buckets: amount == bound belongs to that bound's bucket, hence bisect_left; above
+        # the last bound is the +Inf bucket. (A NaN would land in the first bucket, where
+        # prometheus_client counts it in none; call durations are never NaN.)
+        self.counts[bisect_left(self._bounds, amount)] += 1
+        self.sum += amount
+
+
+class _FastLabelled:
+    """Shared parent: label validation, the series table and registration."""
+
+    _reserved: tuple[str, ...] = ()
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str],
+                 registry: CollectorRegistry | None) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._labelnames = _check_labelnames(labelnames, self._reserved)
+        self._series: dict[tuple[str, ...], Any] = {}  # keyed by the str label values
+        if registry is not None:
+            registry.register(self)
+
+    def _add(self, values: tuple[object, ...]) -> Any:
+        if len(values) != len(self._labelnames):
+            raise ValueError("Incorrect label count")
+        key = tuple(str(v) for v in values)
+        c = self._series.get(key)
+        if c is None:
+            c = self._series[key] = self._new_child()
+        return c
+
+    def _new_child(self) -> Any:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def _labels_kw(self, kw: dict[str, object]) -> tuple[object, ...]:
+        if sorted(kw) != sorted(self._labelnames):
+            raise ValueError("Incorrect label names")
+        return tuple(kw[n] for n in self._labelnames)
+
+    def _family(self) -> Metric:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def describe(self) -> Iterable[Metric]:
+        return [self._family()]
+
+    def collect(self) -> Iterable[Metric]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+
+class FastCounter(_FastLabelled):
+    """A labelled Counter without per-call locks; same exposition as prometheus_client.Counter."""
+
+    def _new_child(self) -> FastCounterChild:
+        return FastCounterChild()
+
+    def labels(self, *values: object, **kw: object) -> FastCounterChild:
+        if kw:
+            if values:
+                raise ValueError("Can't pass both *args and **kwargs")
+            values = self._labels_kw(kw)
+        c: FastCounterChild | None = self._series.get(values)  # type: ignore[arg-type]
+        if c is None:
+            c = self._add(values)
+        return c
+
+    def _family(self) -> CounterMetricFamily:
+        return CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
+
+    def collect(self) -> Iterable[Metric]:
+        fam = self._family()
+        created = _created_enabled()
+        for values, c in list(self._series.items()):
+            fam.add_metric(values, c.value, c.created if created else None)
+        return [fam]
+
+
+class FastHistogram(_FastLabelled):
+    """A labelled Histogram without per-call locks; same exposition as
+    prometheus_client.Histogram."""
+
+    _reserved = ("le",)
+
+    def __init__(self, name: str, documentation: str, labelnames: Sequence[str],
+                 buckets: Sequence[float], registry: CollectorRegistry | None) -> None:
+        bounds = [float(b) for b in buckets]
+        if bounds != sorted(bounds):
+            raise ValueError("Buckets not in sorted order")
+        if bounds and bounds[-1] == float("inf"):
+            bounds.pop()
+        if not bounds:
+            raise ValueError("Must have at least two buckets")
+        self._bounds = bounds
+        self._le = [_go_float(b) for b in bounds] + ["+Inf"]
+        super().__init__(name, documentation, labelnames, registry)
+
+    def _new_child(self) -> FastHistogramChild:
+        return FastHistogramChild(self._bounds)
+
+    def labels(self, *values: object, **kw: object) -> FastHistogramChild:
+        if kw:
+            if values:
+                raise ValueError("Can't pass both *args and **kwargs")
+            values = self._labels_kw(kw)
+        c: FastHistogramChild | None = self._series.get(values)  # type: ignore[arg-type]
+        if c is None:
+            c = self._add(values)
+        return c
+
+    def _family(self) -> HistogramMetricFamily:
+        return HistogramMetricFamily(self._name, self._documentation, labels=self._labelnames)
+
+    def collect(self) -> Iterable[Metric]:
+        fam = self._family()
+        created = _created_enabled()
+        le, names, created_name = self._le, self._labelnames, self._name + "_created"
+        for values, c in list(self._series.items()):
+            acc = 0.0
+            buckets: list[tuple[str, float]] = []
+            for bound, n in zip(le, c.counts, strict=True):
+                acc += n
+                buckets.append((bound, acc))
+            fam.add_metric(values, buckets, c.sum)  # _bucket..., _count, _sum
+            if created:  # HistogramMetricFamily has no `created`; same sample as Histogram's
+                labels = dict(zip(names, values, strict=True))
+                fam.samples.append(Sample(created_name, labels, c.created, None, None))
+        return [fam]
 
 
 class Metrics:
@@ -21,13 +209,14 @@ class Metrics:
         # of prometheus_client's labels() validation (bounded: label values are bounded).
         self._children: dict[tuple[Any, ...], Any] = {}
         r = self.registry = CollectorRegistry(auto_describe=True)
-        self.requests = Counter(
+        # The four metrics updated on every call are the lock-free kind (see above).
+        self.requests = FastCounter(
             "infergate_requests_total", "Calls answered, by model, version, replica and code.",
             ["protocol", "model", "version", "replica", "code"], registry=r)
-        self.latency = Histogram(
+        self.latency = FastHistogram(
             "infergate_request_duration_seconds", "Gateway-side latency of answered calls.",
             ["protocol", "model"], buckets=LATENCY_BUCKETS, registry=r)
-        self.upstream_latency = Histogram(
+        self.upstream_latency = FastHistogram(
             "infergate_upstream_duration_seconds", "Latency of calls to replicas.",
             ["replica"], buckets=LATENCY_BUCKETS, registry=r)
         self.in_flight = Gauge(
@@ -61,7 +250,7 @@ class Metrics:
             "infergate_sticky_key_missing_total",
             "Calls to a sticky model that carried no session key (balanced instead).",
             ["model"], registry=r)
-        self.split_arm = Counter(
+        self.split_arm = FastCounter(
             "infergate_split_arm_total", "Calls by chosen split arm.", ["model", "arm"], registry=r)
         self.reloads = Counter(
             "infergate_config_reloads_total", "Config reload attempts by outcome.", ["outcome"],
@@ -108,7 +297,10 @@ class Metrics:
             registry=r)
 
     def child(self, metric: Any, *values: str) -> Any:
-        """`metric.labels(*values)`, cached."""
+        """`metric.labels(*values)`, cached (the lock-free kinds look their series up directly)."""
+        if isinstance(metric, _FastLabelled):
+            c = metric._series.get(values)
+            return c if c is not None else metric._add(values)
         key = (id(metric), *values)
         c = self._children.get(key)
         if c is None:
