@@ -21,6 +21,8 @@ from typing import cast
 
 import httptools
 
+from gateway.deadlines import DeadlineTimer
+
 
 class UpstreamError(Exception):
     """The replica could not be reached or broke the connection."""
@@ -43,6 +45,10 @@ class UpstreamConnection(asyncio.Protocol):
     """One TCP connection to a replica."""
 
     def __init__(self, relay: frozenset[str]) -> None:
+        # Kept: on Python 3.11 each lookup of the running loop costs a getpid() system call.
+        self.loop = asyncio.get_running_loop()
+        self._timer = DeadlineTimer(self.loop, self._expire_due)
+        self._deadline = 0.0  # of the request in progress
         self._relay = {k.encode("latin-1"): k for k in relay}
         self._transport: asyncio.Transport | None = None
         self._parser = httptools.HttpResponseParser(self)
@@ -67,6 +73,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = True
         self.reusable = False
         self._transport = None
+        self._timer.cancel()
         w = self._waiter
         if w is None or w.done():
             return
@@ -121,11 +128,16 @@ class UpstreamConnection(asyncio.Protocol):
 
     # ---- requests ------------------------------------------------------------------------
 
-    def send(self, data: bytes, body: bytes, head_only: bool) -> asyncio.Future[UpstreamResponse]:
+    def send(self, data: bytes, body: bytes, head_only: bool,
+             deadline: float) -> asyncio.Future[UpstreamResponse]:
+        """Send a request; its answer, or UpstreamTimeout once `deadline` (time.monotonic())
+        passes, arrives in the returned future."""
         t = self._transport
         assert t is not None and self._waiter is None
-        fut: asyncio.Future[UpstreamResponse] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[UpstreamResponse] = self.loop.create_future()
         self._waiter = fut
+        self._deadline = deadline
+        self._timer.arm(deadline)
         self._got_bytes = False
         self._head_only = head_only
         self.reusable = False
@@ -147,6 +159,15 @@ class UpstreamConnection(asyncio.Protocol):
         if not self.reusable:
             self.close()
 
+    def _expire_due(self, now: float) -> float | None:
+        w = self._waiter
+        if w is None or w.done():
+            return None
+        if self._deadline <= now:
+            w.set_exception(UpstreamTimeout())
+            return None
+        return self._deadline
+
     def _fail(self, exc: Exception) -> None:
         w = self._waiter
         self._waiter = None
@@ -162,6 +183,7 @@ class UpstreamConnection(asyncio.Protocol):
     def close(self) -> None:
         self.reusable = False
         self.closed = True
+        self._timer.cancel()
         if self._transport is not None:
             self._transport.close()
 
@@ -187,15 +209,12 @@ class HostPool:
     async def request(self, addr: str, head: bytes, body: bytes, timeout: float,
                       head_only: bool = False, may_resend: bool = True) -> UpstreamResponse:
         """Send one request and return its answer. `head` is the request line and headers."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        deadline = time.monotonic() + timeout
         for attempt in (0, 1):
             conn, reused = self._idle_conn(addr)
             if conn is None:
-                conn = await self._connect(addr, deadline - loop.time())
-            fut = conn.send(head, body, head_only)
-            remaining = deadline - loop.time()
-            handle = loop.call_later(max(0.0, remaining), _expire, fut)
+                conn = await self._connect(addr, deadline - time.monotonic())
+            fut = conn.send(head, body, head_only, deadline)
             try:
                 resp = await fut
             except _Lost as lost:
@@ -205,8 +224,6 @@ class HostPool:
             except BaseException:  # timeout, cancellation, a broken answer
                 conn.abandon()
                 raise
-            finally:
-                handle.cancel()
             if conn.reusable:
                 self._release(addr, conn)
             return resp
@@ -256,7 +273,3 @@ class HostPool:
                 q.pop().close()
         self._idle.clear()
 
-
-def _expire(fut: asyncio.Future[UpstreamResponse]) -> None:
-    if not fut.done():
-        fut.set_exception(UpstreamTimeout())

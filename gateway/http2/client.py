@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 
+from gateway.deadlines import DeadlineTimer
 from gateway.http2 import frames as f
 from gateway.http2.connection import H2Connection
 from gateway.http2.frames import StreamError
@@ -42,6 +43,10 @@ class ConnectionLost(Exception):
         self.got_response = got_response
 
 
+class DeadlineExpired(Exception):
+    """The stream's deadline passed before its answer was complete."""
+
+
 class BodyTooLarge(Exception):
     """The answer's DATA exceeded the limit; the stream was cancelled."""
 
@@ -53,6 +58,7 @@ class H2ClientConnection(H2Connection):
         super().__init__(limits, encoder)
         self.next_stream_id = 1
         self.max_body = max_body
+        self._deadlines = DeadlineTimer(self.loop, self._expire_due)
 
     def available(self) -> bool:
         return (not self.closed and self.goaway_received is None and not self.goaway_sent
@@ -62,16 +68,34 @@ class H2ClientConnection(H2Connection):
     def _is_idle(self, sid: int) -> bool:
         return sid % 2 == 0 or sid >= self.next_stream_id
 
-    def request(self, head_block: bytes, body: bytes | None) -> Stream:
-        """Open a stream and send the request; `stream.waiter` resolves to the stream."""
+    def request(self, head_block: bytes, body: bytes | None, deadline: float) -> Stream:
+        """Open a stream and send the request; `stream.waiter` resolves to the stream, or fails
+        with DeadlineExpired once `deadline` (time.monotonic()) passes."""
         sid = self.next_stream_id
         self.next_stream_id += 2
         stream = Stream(sid, self.peer_initial_window)
         stream.waiter = self.loop.create_future()
+        stream.deadline = deadline
+        self._deadlines.arm(deadline)
         self.streams[sid] = stream
         head = f.headers_frames(sid, head_block, not body, self.peer_max_frame)
         self.send_frames(stream, head, body or None, None)
         return stream
+
+    def _expire_due(self, now: float) -> float | None:
+        due: list[Stream] = []
+        nxt: float | None = None
+        for stream in self.streams.values():
+            w = stream.waiter
+            if w is None or w.done():
+                continue
+            if stream.deadline <= now:
+                due.append(stream)
+            elif nxt is None or stream.deadline < nxt:
+                nxt = stream.deadline
+        for stream in due:  # outside the loop: a waiter's callbacks may touch `streams`
+            stream.waiter.set_exception(DeadlineExpired())
+        return nxt
 
     def cancel(self, stream: Stream) -> None:
         """The caller gave up on `stream` (deadline, cancellation): RST_STREAM(CANCEL)."""
@@ -148,6 +172,7 @@ class H2ClientConnection(H2Connection):
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
+        self._deadlines.cancel()
         streams = list(self.streams.values())
         self.streams.clear()
         for stream in streams:

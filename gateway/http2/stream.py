@@ -36,7 +36,7 @@ class Stream:
 
     __slots__ = ("id", "headers", "trailers", "chunks", "size", "remote_closed", "local_closed",
                  "send_window", "recv_unacked", "out", "out_end", "out_trailers", "handler",
-                 "waiter", "got_response", "reset_code", "late", "user")
+                 "waiter", "got_response", "reset_code", "late", "user", "deadline")
 
     def __init__(self, stream_id: int, send_window: int) -> None:
         self.id = stream_id
@@ -57,6 +57,7 @@ class Stream:
         self.reset_code: int | None = None
         self.late = False  # server: opened after the server began draining
         self.user: Any = None  # what the layer above keeps per stream
+        self.deadline = 0.0  # client: when its waiter fails with DeadlineExpired (monotonic)
 
     def body(self) -> bytes:
         chunks = self.chunks
