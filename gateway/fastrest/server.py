@@ -28,8 +28,6 @@ from typing import Protocol, cast
 
 import httptools
 
-from gateway.tasks import spawn
-
 log = logging.getLogger("infergate.fastrest")
 
 _REASONS: dict[int, bytes] = {
@@ -281,7 +279,10 @@ class HttpServerProtocol(asyncio.Protocol):
     # ---- answering -----------------------------------------------------------------------
 
     def _start(self, req: HttpRequest) -> None:
-        self._active = spawn(self._answer(req), "rest-request")
+        # Not gateway.tasks.spawn: this connection holds the task (`_active`) and `_answer`
+        # handles its own failures, so the registry and done-callback would be per-request cost
+        # for nothing.
+        self._active = self._loop.create_task(self._answer(req))
 
     async def _answer(self, req: HttpRequest) -> None:
         try:

@@ -25,7 +25,6 @@ from gateway.http2.server import H2ServerConnection
 from gateway.http2.stream import Stream
 from gateway.ingress_grpc import METHODS
 from gateway.memo import BoundedMemo
-from gateway.tasks import spawn
 
 if TYPE_CHECKING:
     from gateway.app import Gateway
@@ -75,7 +74,10 @@ class NativeGrpcIngress:
         self.gw.active_calls -= 1
 
     def on_request(self, conn: H2ServerConnection, stream: Stream) -> None:
-        stream.handler = spawn(self._serve(conn, stream), "grpc-call")
+        # Not gateway.tasks.spawn: the stream holds its task (`handler`, cancelled by a
+        # RST_STREAM) and `_serve` answers its own failures, so spawn's registry and
+        # done-callback would be per-call cost for nothing.
+        stream.handler = conn.loop.create_task(self._serve(conn, stream))
 
     def on_body_too_large(self, conn: H2ServerConnection, stream: Stream) -> None:
         self._trailers_only(conn, stream, gw_.RESOURCE_EXHAUSTED,
