@@ -10,6 +10,7 @@ from __future__ import annotations
 from gateway.call import IDEMPOTENT, Answer, Call
 from gateway.errors import DeadlineExceeded, ReplicaUnavailable
 from gateway.fastrest.pool import HostPool, UpstreamError, UpstreamTimeout
+from gateway.memo import BoundedMemo
 from gateway.replicas import ReplicaState
 from gateway.wire import RestRequest, upstream_path
 
@@ -19,12 +20,18 @@ HOP = frozenset({
     "transfer-encoding", "upgrade", "host", "content-length", "expect",
 })
 RELAY = frozenset({"content-type", "content-encoding"})
+_NO_BODY = frozenset({"GET", "HEAD", "DELETE", "OPTIONS"})
+# Request heads repeat (a client sends the same path and headers call after call): the encoded
+# request line and header lines are remembered by what they are made of.
+_HEADS_MAX = 4096
+_HeadKey = tuple[str, str, str, int | None, tuple[tuple[str, str], ...]]
 
 
 class NativeRestForwarder:
     def __init__(self, idle_timeout_s: float = 30.0) -> None:
         self._pool = HostPool(RELAY, idle_timeout_s=idle_timeout_s)
         self._host_lines: dict[str, bytes] = {}
+        self._heads: BoundedMemo[_HeadKey, bytes] = BoundedMemo(_HEADS_MAX)
 
     async def send(self, call: Call, replica: ReplicaState, version: int | None,
                    timeout: float) -> Answer:
@@ -32,17 +39,24 @@ class NativeRestForwarder:
         if addr is None:
             raise ReplicaUnavailable(f"replica {replica.name} has no REST address")
         req: RestRequest = call.extra  # type: ignore[assignment]
-        path = upstream_path(req, version)
         body = call.body
         method = req.http_method
-        lines = [f"{method} {path} HTTP/1.1\r\n"]
-        lines += [f"{k}: {v}\r\n" for k, v in call.headers.items() if k not in HOP]
-        if body or method not in ("GET", "HEAD", "DELETE", "OPTIONS"):
-            lines.append(f"Content-Length: {len(body)}\r\n")
+        # The upstream path is a function of (method, path, query, version): the routable
+        # target is parsed from the first two.
+        items = tuple(call.headers.items())
+        key = (method, req.raw_path, req.query, version, items)
+        block = self._heads.get(key)
+        if block is None:
+            lines = [f"{method} {upstream_path(req, version)} HTTP/1.1\r\n"]
+            lines += [f"{k}: {v}\r\n" for k, v in items if k not in HOP]
+            block = self._heads.put(key, "".join(lines).encode("latin-1"))
         host = self._host_lines.get(addr)
         if host is None:
             host = self._host_lines[addr] = f"Host: {addr}\r\n\r\n".encode("latin-1")
-        head = "".join(lines).encode("latin-1") + host
+        if body or method not in _NO_BODY:
+            head = b"%sContent-Length: %d\r\n%s" % (block, len(body), host)
+        else:
+            head = block + host
         may_resend = call.method in IDEMPOTENT or method == "GET"
         try:
             resp = await self._pool.request(addr, head, body, timeout, head_only=method == "HEAD",

@@ -41,7 +41,9 @@ class NativeRestIngress:
     def __init__(self, gw: Gateway) -> None:
         self.gw = gw
         self._targets: BoundedMemo[tuple[str, str], RestTarget | None] = BoundedMemo(_MEMO_MAX)
-        self._tails: BoundedMemo[tuple[str, int | None, str], bytes] = BoundedMemo(_MEMO_MAX)
+        # answer header lines by (relayed headers, replica, version, cache)
+        self._heads: BoundedMemo[tuple[tuple[tuple[str, str], ...], str, int | None, str],
+                                 bytes] = BoundedMemo(_MEMO_MAX)
 
     def _target(self, method: str, path: str) -> RestTarget | None:
         """parse_rest_path, memoised: a regex match per request showed up in profiles."""
@@ -54,16 +56,16 @@ class NativeRestIngress:
         return self._targets.put(key, parse_rest_path(method, path))
 
     def encode_answer(self, a: Answer) -> Response:
-        key = (a.replica, a.version, a.cache)
-        tail = self._tails.get(key)
-        if tail is None:
+        key = (tuple(a.headers), a.replica, a.version, a.cache)
+        lines = self._heads.get(key)
+        if lines is None:
             version = "" if a.version is None else str(a.version)
-            tail = self._tails.put(key, (f"x-infergate-replica: {a.replica}\r\n"
-                                         f"x-infergate-version: {version}\r\n"
-                                         f"x-infergate-cache: {a.cache}\r\n").encode("latin-1"))
-        lines = "".join([f"{k}: {v}\r\n" for k, v in a.headers
-                         if not k.startswith("x-infergate-")]).encode("latin-1")
-        return a.status, lines + tail, a.body
+            relayed = [f"{k}: {v}\r\n" for k, v in a.headers if not k.startswith("x-infergate-")]
+            lines = self._heads.put(key, ("".join(relayed) +
+                                          f"x-infergate-replica: {a.replica}\r\n"
+                                          f"x-infergate-version: {version}\r\n"
+                                          f"x-infergate-cache: {a.cache}\r\n").encode("latin-1"))
+        return a.status, lines, a.body
 
     @property
     def draining(self) -> bool:
