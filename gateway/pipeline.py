@@ -69,8 +69,8 @@ class Pipeline:
             if priority != "critical" or gw.total_in_flight >= rt.admission_limit * 2:
                 gw.metrics.shed.labels("queue_full").inc()
                 raise Overloaded("Too many requests in flight at the gateway")
-        elif (call.headers.get("x-priority") == "sheddable"
-              and gw.total_in_flight >= rt.admission_limit * 0.8):
+        elif (gw.total_in_flight >= rt.admission_limit * 0.8
+              and call.headers.get("x-priority") == "sheddable"):
             gw.metrics.shed.labels("sheddable").inc()
             raise Overloaded("Shedding low-priority request under load")
 
@@ -116,8 +116,10 @@ class Pipeline:
         sim = router.cfg.cache.similarity if router.cfg.cache else None
         if sim is not None and version is not None:
             answer = await self.similarity.handle(call, fwd, ranked, version, arm, now, sim)
-        else:
+        elif model in gw.caches:
             answer = await self.send_cached(call, fwd, ranked, version, arm, now)
+        else:  # send_cached's first step, without its coroutine
+            answer = await self._send(call, fwd, ranked, version, arm, now)
         if router.cfg.shadow is not None or router.cfg.rollout is not None:
             self.shadower.maybe_mirror(call, fwd, answer, router)
         return answer
@@ -249,9 +251,13 @@ class Pipeline:
         budget.record_call()
         timeout = rt.timeout_for(call.model)
         deadline = now + timeout if call.deadline is None else min(call.deadline, now + timeout)
-        ranked = await self._admit(ranked, deadline)
+        cap = rt.cfg.limits.max_in_flight_per_replica
+        open_ = [r for r in ranked if r.in_flight < cap]
+        # _admit's first step inline: the queue (and its coroutine) only when every replica is full
+        ranked = open_ if open_ else await self._admit(ranked, deadline)
         attempts = min(len(ranked), rt.cfg.retries.max_attempts if call.method in IDEMPOTENT else 1)
         hedge = rt.hedge_for(call.model) if call.method in IDEMPOTENT else None
+        per_try = rt.cfg.retries.per_try_timeout_s
         hedge_budget = self._hedge_budget(call.model or "", hedge) if hedge is not None else None
         if hedge_budget is not None:
             hedge_budget.record_call()
@@ -268,6 +274,11 @@ class Pipeline:
             if i == 0 and hedge is not None and hedge_budget is not None and len(ranked) > 1:
                 result = await self._hedged(call, fwd, ranked[0], ranked[1], version, remaining,
                                             self._hedge_delay(call.model or "", hedge), hedge_budget)
+            elif per_try is None:  # _try without a per-try timeout, without its coroutine
+                try:
+                    result = await self.attempt(call, fwd, ranked[i], version, remaining)
+                except (ReplicaUnavailable, DeadlineExceeded) as exc:
+                    result = exc
             else:
                 result = await self._try(call, fwd, ranked[i], version, remaining)
             if isinstance(result, Answer) and not (fwd.retryable(result) and i + 1 < attempts):

@@ -45,9 +45,20 @@ def _hash64(data: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
 
 
+# Session keys repeat call after call; remembering their hashes saves a BLAKE2b per call. Bounded
+# (cleared when full) so that a client cycling through keys cannot grow it.
+_KEY_HASHES: dict[str, int] = {}
+_KEY_HASHES_MAX = 16_384
+
+
 def _key_hash(key: str) -> int:
-    # surrogatepass: header values decoded with surrogateescape must not raise here.
-    return _hash64(key.encode("utf-8", "surrogatepass"))
+    h = _KEY_HASHES.get(key)
+    if h is None:
+        if len(_KEY_HASHES) >= _KEY_HASHES_MAX:
+            _KEY_HASHES.clear()
+        # surrogatepass: header values decoded with surrogateescape must not raise here.
+        h = _KEY_HASHES[key] = _hash64(key.encode("utf-8", "surrogatepass"))
+    return h
 
 
 class StickyTable:
