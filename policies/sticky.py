@@ -183,8 +183,9 @@ class StickyPolicy:
     """Ranks the key's sticky replica first, then the fallback balancer's order for the rest.
 
     Without a key (``ctx.key`` None or empty) or with fewer than two candidates it is the fallback.
-    The fallback is consulted on every keyed call too (it supplies the retry order), so a stateful
-    fallback such as ``round_robin`` advances its rotation on those calls as well.
+    The fallback is consulted on every keyed call with three or more candidates too (it supplies
+    the retry order), so a stateful fallback such as ``round_robin`` advances its rotation on those
+    calls as well; with two, the order after the sticky replica is forced and it is not asked.
     """
 
     __slots__ = ("_fallback", "_tables", "_last_candidates", "_last_members")
@@ -200,16 +201,23 @@ class StickyPolicy:
         return self._fallback
 
     def rank(self, candidates: Sequence[ReplicaView], ctx: PickContext) -> list[ReplicaView]:
-        ranked = self._fallback.rank(candidates, ctx)
         key = ctx.key
-        if not key or len(ranked) <= 1:
-            return ranked
+        if not key or len(candidates) <= 1:
+            return self._fallback.rank(candidates, ctx)
         # The gateway hands the same candidate list object until its replica set changes, so
         # the members key is built once per list, not once per call.
         if candidates is not self._last_candidates:
             self._last_members = frozenset([(r.name, r.weight) for r in candidates])
             self._last_candidates = candidates
         sticky = self._tables.get(self._last_members).lookup(key)
+        if len(candidates) == 2:
+            # The order after the sticky replica is forced: the fallback has nothing to decide.
+            a, b = candidates
+            if a.name == sticky:
+                return [a, b]
+            if b.name == sticky:
+                return [b, a]
+        ranked = self._fallback.rank(candidates, ctx)
         for i, replica in enumerate(ranked):
             if replica.name == sticky:
                 if i:

@@ -178,6 +178,27 @@ def test_sticky_first_then_the_fallback_order() -> None:
         assert got[1:] == [n for n in expected if n != sticky_name]
 
 
+class Refusing:
+    """A fallback that must not be asked."""
+
+    def rank(self, candidates: object, ctx: PickContext) -> list[View]:
+        raise AssertionError("the fallback was consulted")
+
+
+def test_two_candidates_sticky_first_then_the_other_without_the_fallback() -> None:
+    cands = [View("replica-0"), View("replica-1")]
+    policy = StickyPolicy(Refusing())  # type: ignore[arg-type]
+    table = StickyTable(members(2))
+    seen = set()
+    for key in (f"session-{i}" for i in range(40)):
+        for order in (cands, cands[::-1]):
+            got = [v.name for v in policy.rank(order, ctx(key))]
+            assert got[0] == table.lookup(key)
+            assert sorted(got) == ["replica-0", "replica-1"]
+            seen.add(got[0])
+    assert seen == {"replica-0", "replica-1"}  # both own part of the keyspace
+
+
 def test_no_key_is_the_fallback() -> None:
     cands = [View(f"replica-{i}") for i in range(4)]
     plain, wrapped = RoundRobin(), StickyPolicy(RoundRobin())
