@@ -152,13 +152,14 @@ class Gateway:
         """Completion hook of every answered call (answer None: the gateway answered an error)."""
         m = self.model_label(model)
         version = "" if answer is None or answer.version is None else str(answer.version)
-        elapsed = time.monotonic() - t0
+        now = time.monotonic()
+        elapsed = now - t0
         mx = self.metrics
         mx.child(mx.requests, protocol, m, version, answer.replica if answer else "", code).inc()
         mx.child(mx.latency, protocol, m).observe(elapsed)
         if m:
             ok = answer is not None and answer.ok(protocol)
-            self.traffic.observe(m, answer.arm if answer else "", version, ok, elapsed)
+            self.traffic.observe(m, answer.arm if answer else "", version, ok, elapsed, now)
             if answer is not None and answer.arm:
                 self.on_arm_done(m, answer, ok, elapsed)
 
@@ -192,9 +193,9 @@ class Gateway:
         ev, self.slot_freed = self.slot_freed, asyncio.Event()
         ev.set()
 
-    def on_upstream_done(self, replica: ReplicaState, seconds: float) -> None:
+    def on_upstream_done(self, replica: ReplicaState, seconds: float, now: float) -> None:
         self.metrics.child(self.metrics.upstream_latency, replica.name).observe(seconds)
-        self.scale.observe(replica.pool, seconds)
+        self.scale.observe(replica.pool, seconds, now)
 
     # ---- reload ------------------------------------------------------------------------------
 

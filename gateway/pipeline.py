@@ -85,7 +85,8 @@ class Pipeline:
         if not router.authorized(call.headers):
             raise Unauthenticated(f"Missing or invalid API key for model {model}")
         answer = await self._route(call, fwd, router, now)
-        if self._chosen_version_vanished(call, router, answer):
+        if (answer.status == (NOT_FOUND_CODE if call.protocol == "grpc" else 404)
+                and self._chosen_version_vanished(call, router, answer)):
             # The gateway picked the version from its last probe and that replica has just
             # unloaded it (TF Serving unloads the old latest as soon as a new one is AVAILABLE):
             # look again now and route once more, instead of relaying a 404 the client never
@@ -408,7 +409,7 @@ class Pipeline:
             else:
                 replica.consecutive_errors = 0
                 replica.ewma.observe(t1 - t0, t1)
-                gw.on_upstream_done(replica, t1 - t0)
+                gw.on_upstream_done(replica, t1 - t0, t1)
 
     def _record_failure(self, replica: ReplicaState, now: float) -> None:
         replica.errors += 1

@@ -110,10 +110,11 @@ class ScaleService:
                 self.windows[pool] = SignalWindow(span, started_at=time.monotonic())
         self.controllers = controllers
 
-    def observe(self, pool: str, seconds: float) -> None:
+    def observe(self, pool: str, seconds: float, now: float) -> None:
+        """One call answered by a replica of `pool` in `seconds`, completed at `now`."""
         w = self.windows.get(pool)
         if w is not None:
-            w.observe(seconds * 1000.0, time.monotonic())
+            w.observe(seconds * 1000.0, now)
 
     def signals(self, pool: str, now: float) -> tuple[Signals, int]:
         reps = [r for r in self.gw.runtime.replicas.all if r.pool == pool]

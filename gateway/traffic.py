@@ -69,8 +69,9 @@ class TrafficStats:
     def __init__(self) -> None:
         self.models: dict[str, ModelTraffic] = {}
 
-    def observe(self, model: str, arm: str, version: str, ok: bool, latency_s: float) -> None:
-        now = time.monotonic()
+    def observe(self, model: str, arm: str, version: str, ok: bool, latency_s: float,
+                now: float) -> None:
+        """One answered call; `now` is its completion time (time.monotonic())."""
         t = self.models.get(model)
         if t is None:
             t = self.models[model] = ModelTraffic(now)

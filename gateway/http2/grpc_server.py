@@ -57,6 +57,9 @@ class NativeGrpcIngress:
         self._own = encoder.encode([("x-infergate-replica", ""), ("x-infergate-version", ""),
                                     ("x-infergate-cache", "miss")])
         self._tails: BoundedMemo[tuple[str, int | None, str], bytes] = BoundedMemo(_MEMO_MAX)
+        # whole answer header blocks by (initial metadata, replica, version, cache)
+        self._heads: BoundedMemo[tuple[tuple[tuple[str, str], ...], str, int | None, str],
+                                 bytes] = BoundedMemo(_MEMO_MAX)
         self._parsed: BoundedMemo[Headers, _Parsed] = BoundedMemo(_MEMO_MAX)
         self._md_blocks: BoundedMemo[tuple[tuple[str, str | bytes], ...], bytes] = BoundedMemo(
             _MEMO_MAX)
@@ -174,7 +177,10 @@ class NativeGrpcIngress:
         return self._parsed.put(headers, parsed)
 
     def _reply(self, conn: H2ServerConnection, stream: Stream, a: Answer) -> None:
-        head = self._head_200 + self._metadata(a.headers) + self._tail(a)
+        key = (tuple(a.headers), a.replica, a.version, a.cache)
+        head = self._heads.get(key)
+        if head is None:
+            head = self._heads.put(key, self._head_200 + self._metadata(key[0]) + self._tail(a))
         if a.status == 0:
             trailer = self._ok_trailer
             data: bytes | None = gw_.frame_message(a.body)
