@@ -10,6 +10,7 @@ import argparse
 import datetime
 import os
 import platform
+import sys
 
 from benchmarks.load import RunResult
 from benchmarks.scenarios import Results
@@ -48,6 +49,9 @@ def goals(res: Results) -> list[str]:
                          None if cpu is None else cpu <= 50, " us"))
     out.append(_goal("routing work per request", res.routing_us, "<= 20 us",
                      None if res.routing_us is None else res.routing_us <= 20, " us"))
+    un = res.routing_us_no_session
+    out.append(_goal("routing work per request, no session key (least_loaded ranks)", un,
+                     "<= 20 us", None if un is None else un <= 20, " us"))
     for proto, runs in (("REST", res.latency_rest), ("gRPC", res.latency_grpc)):
         gw, direct = runs.get("gateway native"), runs.get("direct (backend)")
         added = (gw.p50_us - direct.p50_us if gw and direct and gw.p50_us is not None
@@ -75,7 +79,8 @@ def print_report(res: Results, args: argparse.Namespace, seconds: float) -> None
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     lines = [f"## infergate benchmark, {now}", "",
              f"Machine: {platform.machine()}, {os.cpu_count()} cores, Linux {platform.release()}, "
-             f"Python {platform.python_version()}. Process under test on core {args.sut_cpu}; "
+             f"Python {platform.python_version()} ({sys.executable}). Process under test on "
+             f"core {args.sut_cpu}; "
              f"load generator and backend on {args.load_cpu}. Medians of {args.reps} interleaved "
              f"{args.duration:g} s runs after {args.warmup:g} s warm-up; whole run {seconds:.0f} s.",
              "", f"REST: wrk, {args.rest_conns} connections. gRPC: h2load, {args.grpc_clients} "

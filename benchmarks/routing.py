@@ -3,7 +3,11 @@ ingress and the transport (admission, resolution, split, sticky ranking, balanci
 bookkeeping, completion hooks and metrics), with a forwarder that answers at once.
 
 Run as `python -m benchmarks.routing --config FILE` against a live backend (the health checker
-must see the model AVAILABLE); prints one JSON line {"us_per_call": ..., "calls": ...}.
+must see the model AVAILABLE); prints one JSON line {"us_per_call": ...,
+"us_per_call_no_session": ..., "calls": ...}: calls with the sticky session header (the
+benchmark's traffic), and calls without it, which the fallback balancer ranks. With two
+candidates a keyed call needs no balancer (the order after the sticky replica is forced), so the
+second figure is the one that includes least_loaded's costs.
 The figure is CPU-bound wall time on a pinned core, averaged over many calls.
 """
 
@@ -30,7 +34,7 @@ class InstantForwarder:
         return False
 
 
-async def measure(config: Path, calls: int) -> float:
+async def measure(config: Path, calls: int) -> tuple[float, float]:
     from gateway.app import Gateway
     from gateway.config import load_config
 
@@ -40,24 +44,27 @@ async def measure(config: Path, calls: int) -> float:
     target = parse_rest_path("POST", path)
     assert target is not None
     fwd = InstantForwarder()
-    headers = {"host": "gw", "content-type": "application/json", "x-session-id": "s1"}
+    keyed = {"host": "gw", "content-type": "application/json", "x-session-id": "s1"}
+    plain = {"host": "gw", "content-type": "application/json"}
     extra = RestRequest("POST", path, "", target)
 
-    async def one() -> None:
+    async def one(headers: dict[str, str]) -> None:
         t0 = time.monotonic()
         call = Call("rest", target.verb, target.model, target.version, target.label, "", headers,
                     b"{}", None, extra)
         answer = await gw.pipeline.handle(call, fwd)
         gw.observe_call("rest", call.model, answer, str(answer.status), t0)
 
-    for _ in range(min(2000, calls)):
-        await one()
-    start = time.perf_counter()
-    for _ in range(calls):
-        await one()
-    elapsed = time.perf_counter() - start
+    figures = []
+    for headers in (keyed, plain):
+        for _ in range(min(2000, calls)):
+            await one(headers)
+        start = time.perf_counter()
+        for _ in range(calls):
+            await one(headers)
+        figures.append((time.perf_counter() - start) / calls * 1e6)
     await gw.close()
-    return elapsed / calls * 1e6
+    return figures[0], figures[1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,8 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     import uvloop
 
-    us = uvloop.run(measure(args.config, args.calls))
-    print(json.dumps({"us_per_call": round(us, 2), "calls": args.calls}))
+    keyed, plain = uvloop.run(measure(args.config, args.calls))
+    print(json.dumps({"us_per_call": round(keyed, 2), "us_per_call_no_session": round(plain, 2),
+                      "calls": args.calls}))
     return 0
 
 

@@ -46,6 +46,7 @@ class Results:
     rss_loaded_mib: dict[str, float] = field(default_factory=dict)
     conn1000: dict[str, RunResult] = field(default_factory=dict)
     routing_us: float | None = None
+    routing_us_no_session: float | None = None
     workers: dict[str, Any] = field(default_factory=dict)
     replica: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
@@ -181,8 +182,9 @@ class Bench:
                              capture_output=True, text=True, timeout=120,
                              env=dict(os.environ, PYTHONPATH=str(procs.ROOT)))
         try:
-            self.results.routing_us = float(json.loads(out.stdout.strip().splitlines()[-1])
-                                            ["us_per_call"])
+            figures = json.loads(out.stdout.strip().splitlines()[-1])
+            self.results.routing_us = float(figures["us_per_call"])
+            self.results.routing_us_no_session = float(figures["us_per_call_no_session"])
         except (ValueError, IndexError, KeyError):
             self.results.notes.append(f"routing measurement failed: {out.stderr[-500:]}")
 
