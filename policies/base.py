@@ -52,9 +52,10 @@ class ReplicaView(Protocol):
         ...
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class PickContext:
-    """Everything a policy may depend on besides the candidates."""
+    """Everything a policy may depend on besides the candidates. Read-only to policies; not a
+    frozen dataclass only because one is built per call and a frozen __init__ costs 3x."""
 
     rng: random.Random
     now: float  # monotonic seconds

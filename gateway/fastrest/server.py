@@ -308,13 +308,19 @@ class HttpServerProtocol(asyncio.Protocol):
         if self._queue:
             self._start(self._queue.popleft())
             self._set_reading()
-        else:
+        elif self._expect_continue:
             self._maybe_continue()
 
     def _write(self, status: int, headers: bytes, body: bytes, head_only: bool,
                close: bool) -> None:
         t = self._transport
         if t is None:
+            return
+        if status == 200 and not close and not head_only and 0 < len(body) <= _INLINE_BODY:
+            # The common answer, built in one formatting step: the same bytes as encode_head
+            # followed by the body.
+            t.write(b"HTTP/1.1 200 OK\r\n%sContent-Length: %d\r\n\r\n%s" % (headers, len(body),
+                                                                            body))
             return
         head = encode_head(status, headers, len(body), close)
         if head_only or not body:
