@@ -5,6 +5,7 @@ close-delimited and interim answers, malformed answers, and what the forwarder p
 from __future__ import annotations
 
 import asyncio
+import time
 import gzip
 from collections.abc import Awaitable, Callable
 
@@ -129,6 +130,21 @@ def test_timeout_closes_the_connection() -> None:
         assert s.connections == 2
         pool.close()
     run(lambda c, n, r: b"hang", t)
+
+
+def test_a_reused_connection_times_out_at_its_new_request_deadline() -> None:
+    # The connection's deadline timer was armed for the first request's far deadline; the
+    # second request, on the same connection, must still fail at its own near one.
+    async def t(addr: str, s: Script) -> None:
+        pool = HostPool(RELAY)
+        assert (await pool.request(addr, GET, b"", 8.0)).status == 200
+        t0 = time.monotonic()
+        with pytest.raises(UpstreamTimeout):
+            await pool.request(addr, GET, b"", 0.3)
+        assert time.monotonic() - t0 < 5.0  # its own deadline, not the first one's 8 s
+        assert s.connections == 1  # the second request went out on the reused connection
+        pool.close()
+    run(lambda c, n, r: OK if n == 0 else b"hang", t)
 
 
 def test_chunked_answer_is_reassembled() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ import pytest
 
 from gateway.call import Call
 from gateway.config import Replica
+from gateway.deadlines import SLACK_S
 from gateway.errors import DeadlineExceeded, ReplicaUnavailable
 from gateway.http2 import H2Limits, NativeGrpcForwarder, serve_h2
 from gateway.http2 import frames as f
@@ -255,6 +257,37 @@ def test_forwarder_deadline_cancels_the_upstream_call() -> None:
         a = await fwd.send(call("/t.Echo/Echo", b"after"), replica, None, 10)
         assert a.body == b"after"  # the connection is still good
     forward(t)
+
+
+def test_forwarder_deadlines_sharing_one_connection_each_end_on_time() -> None:
+    """The streams of one upstream connection share its deadline timer. A call with a later
+    deadline arms it first; calls with earlier deadlines must still fail at theirs, not at the
+    later one (the app here never answers /Sleep within the test)."""
+    async def t(addr: str, app: EchoApp) -> None:
+        fwd = NativeGrpcForwarder(64 << 20)
+        replica = ReplicaState(Replica(name="r1", grpc=addr))
+
+        async def timed(deadline: float) -> float:
+            t0 = time.monotonic()
+            with pytest.raises(DeadlineExceeded):
+                await fwd.send(call("/t.Echo/Sleep", b"x"), replica, None, deadline)
+            return time.monotonic() - t0
+
+        try:
+            long = spawn(fwd.send(call("/t.Echo/Sleep", b"x"), replica, None, 8.0), "long")
+            await asyncio.sleep(0.1)
+            took = await asyncio.gather(timed(0.5), timed(0.25))
+            assert took[0] >= 0.5 - SLACK_S and took[1] >= 0.25 - SLACK_S
+            assert not long.done()  # ended by their own deadlines, not the 8 s one
+            assert len(fwd.pool._conns[addr]) == 1  # all three shared one connection
+            long.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await long
+            a = await fwd.send(call("/t.Echo/Echo", b"after"), replica, None, 5)
+            assert a.body == b"after"  # the connection is still good
+        finally:
+            await fwd.close()
+    with_server(t)
 
 
 def test_forwarder_cancellation_resets_the_upstream_stream() -> None:
