@@ -30,6 +30,7 @@ import grpc
 from aiohttp import web
 
 from gateway.budget import RetryBudget
+from gateway.busypoll import BusyPoller
 from gateway.cache import PredictionCache
 from gateway.call import Answer
 from gateway.config import ConfigError, GatewayConfig, Hedge, Tls, load_config
@@ -119,6 +120,7 @@ class Gateway:
                                         time.monotonic)
         self.total_in_flight = 0
         self.active_calls = 0  # calls an ingress has taken and not yet answered
+        self.busy_poller: BusyPoller | None = None  # listen.busy_poll_us, set up at start
         self.queued = 0  # calls waiting for a replica below its in-flight cap
         self.slot_freed = asyncio.Event()  # replaced on every wake-up; waiters re-check
         self.caches: dict[str, PredictionCache] = {}
@@ -182,11 +184,17 @@ class Gateway:
     def active_call(self) -> Iterator[None]:
         """Counts a call from the moment an ingress has it until its answer is handed back:
         the drain waits for these, not only for calls out at replicas."""
-        self.active_calls += 1
+        self.call_started()
         try:
             yield
         finally:
             self.active_calls -= 1
+
+    def call_started(self) -> None:
+        """An ingress has taken a call (the count a drain waits for; busy polling starts)."""
+        self.active_calls += 1
+        if self.busy_poller is not None:
+            self.busy_poller.kick()
 
     def wake_queue(self) -> None:
         """A replica slot freed: wake every queued call to re-check (each re-ranks)."""
@@ -289,6 +297,10 @@ class Gateway:
 
         cfg = self.runtime.cfg
         loop = asyncio.get_running_loop()
+        if cfg.listen.busy_poll_us:
+            self.busy_poller = BusyPoller(
+                loop, cfg.listen.busy_poll_us / 1e6,
+                lambda: self.active_calls > 0 or self.total_in_flight > 0)
         try:
             await asyncio.wait_for(self.health.probe_all(), cfg.health.timeout_s * 2 + 1)
         except TimeoutError:

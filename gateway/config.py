@@ -75,6 +75,10 @@ class Listen(_Frozen):
     # Data-path engine: "native" (own HTTP/1.1 and HTTP/2 layers, gateway.fastrest and
     # gateway.http2) or "compat" (aiohttp and grpc.aio). docs/benchmarks.md compares them.
     engine: Literal["native", "compat"] = "native"
+    # Keep the event loop polling instead of sleeping while calls are in flight and for this
+    # many microseconds after the last one (0: off). Lowers latency on virtual machines, where
+    # waking a sleeping process is slow, at the price of a busy core (gateway/busypoll.py).
+    busy_poll_us: int = Field(default=0, ge=0, le=10_000_000)
 
     @field_validator("rest", "grpc", "admin")
     @classmethod

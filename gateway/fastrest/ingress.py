@@ -72,7 +72,7 @@ class NativeRestIngress:
         return self.gw.draining
 
     def call_started(self) -> None:
-        self.gw.active_calls += 1  # the drain waits for calls whose body is still arriving
+        self.gw.call_started()  # the drain waits for calls whose body is still arriving
 
     def call_finished(self) -> None:
         self.gw.active_calls -= 1

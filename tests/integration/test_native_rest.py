@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import re
 import socket
+import time
 from typing import Any
 
 import pytest
@@ -37,6 +39,15 @@ class CompatGateway(NativeGateway):
     """A GatewayProc whose config selects the compat engine (aiohttp, grpc.aio)."""
 
     engine = "compat"
+
+
+class BusyPollingGateway(NativeGateway):
+    """The native engine with listen.busy_poll_us set (20 ms)."""
+
+    def write_config(self, cfg: dict[str, Any]) -> None:
+        cfg = dict(cfg)
+        cfg["listen"] = dict(cfg["listen"], busy_poll_us=20_000)
+        super().write_config(cfg)
 
 
 def _cfg(fleet: Fleet) -> dict[str, Any]:
@@ -184,3 +195,28 @@ def test_metrics_count_native_calls(gws: tuple[GatewayProc, GatewayProc]) -> Non
     http("POST", native.rest_url + "/v1/models/half_plus_two/versions/2:predict", BODY)
     assert re.search(r'infergate_requests_total\{code="200",model="half_plus_two",'
                      r'protocol="rest",replica="r[01]",version="2"\} [1-9]', native.metrics())
+
+
+def _cpu_s(pid: int) -> float:
+    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def test_busy_polling_serves_calls_then_lets_the_loop_sleep(
+        fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """listen.busy_poll_us: calls are answered as usual; once they stop, the loop goes back to
+    sleeping after the window instead of polling for ever (an idle gateway costs no core)."""
+    gw = BusyPollingGateway(_cfg(fleet), tmp_path_factory.mktemp("busy"), name="busy")
+    try:
+        for i in range(20):
+            status, h, _ = http("POST", gw.rest_url + "/v1/models/half_plus_two:predict", BODY,
+                                {"x-session-id": f"s{i}"})
+            assert status == 200 and h["x-infergate-replica"] in {"r0", "r1"}
+        time.sleep(0.2)  # past the 20 ms window
+        before = _cpu_s(gw.pid)
+        time.sleep(2.0)
+        idle_cpu = _cpu_s(gw.pid) - before
+        # Polling would burn the whole 2 s; a sleeping loop only runs its health checks.
+        assert idle_cpu < 0.5, f"{idle_cpu:.2f} s of CPU in 2 s without calls"
+    finally:
+        gw.stop()
