@@ -87,13 +87,14 @@ def start_nginx(procs: Procs, name: str, conf: Path, cpu: str) -> subprocess.Pop
 
 
 def gateway_config(workdir: Path, name: str, backend_rest: int, backend_grpc: int,
-                   engine: str) -> tuple[Path, dict[str, int]]:
+                   engine: str, busy_poll_us: int = 0) -> tuple[Path, dict[str, int]]:
     """Routing on (split + sticky + least_loaded, metrics always on), cache off; two replica
     entries on the same backend so the balancer has a choice to make."""
     ports = {"rest": free_port(), "grpc": free_port(), "admin": free_port()}
     cfg: dict[str, Any] = {
         "listen": {"rest": f"127.0.0.1:{ports['rest']}", "grpc": f"127.0.0.1:{ports['grpc']}",
-                   "admin": f"127.0.0.1:{ports['admin']}", "engine": engine},
+                   "admin": f"127.0.0.1:{ports['admin']}", "engine": engine,
+                   "busy_poll_us": busy_poll_us},
         "replicas": [
             {"name": f"r{i}", "rest": f"127.0.0.1:{backend_rest}",
              "grpc": f"127.0.0.1:{backend_grpc}"} for i in (1, 2)],

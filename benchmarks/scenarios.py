@@ -20,6 +20,8 @@ from typing import Any
 from benchmarks import load, nginx, procs, protos
 from benchmarks.load import RunResult
 
+BUSY_POLL_US = 500
+BUSY_NAME = f"gateway native, busy_poll_us {BUSY_POLL_US}"
 GRPC_HEADERS = ["content-type: application/grpc", "te: trailers", "x-session-id: s1"]
 LUA = """wrk.method = "POST"
 wrk.body = '{body}'
@@ -100,6 +102,19 @@ class Bench:
                                             proc.pid))
             self.grpc_targets.append(Target(name, f"http://127.0.0.1:{ports['grpc']}"
                                                   f"{protos.PREDICT_PATH}", proc.pid))
+        if "native" in self.engines:
+            # The latency runs also measure the native engine with busy polling on (idle
+            # otherwise: it does not poll without calls in flight).
+            cfg, ports = procs.gateway_config(w, "gw-native-busy", b_rest, b_grpc, "native",
+                                              busy_poll_us=BUSY_POLL_US)
+            proc, _ = procs.start_gateway(self.procs, "gw-native-busy", cfg, self.sut,
+                                          ports["admin"])
+            self.busy_rest = Target(BUSY_NAME, f"http://127.0.0.1:{ports['rest']}{rest_path}",
+                                    proc.pid)
+            self.busy_grpc = Target(BUSY_NAME, f"http://127.0.0.1:{ports['grpc']}"
+                                               f"{protos.PREDICT_PATH}", proc.pid)
+            check_rest(self.busy_rest.url)
+            check_grpc(self.busy_grpc.url)
         for t in self.rest_targets:
             check_rest(t.url)
         for t in self.grpc_targets:
@@ -146,10 +161,11 @@ class Bench:
                 lambda t: self._grpc(t, a.grpc_clients, a.grpc_streams, a.duration), a.reps)
         if "latency" in parts:
             secs = max(1.0, a.duration / 2)
-            r.latency_rest = self._interleave(self.rest_targets,
-                                              lambda t: self._rest(t, 1, secs), a.reps)
-            r.latency_grpc = self._interleave(self.grpc_targets,
-                                              lambda t: self._grpc(t, 1, 1, secs), a.reps)
+            rest, grpc = self.rest_targets, self.grpc_targets
+            if "native" in self.engines:
+                rest, grpc = rest + [self.busy_rest], grpc + [self.busy_grpc]
+            r.latency_rest = self._interleave(rest, lambda t: self._rest(t, 1, secs), a.reps)
+            r.latency_grpc = self._interleave(grpc, lambda t: self._grpc(t, 1, 1, secs), a.reps)
         if "limits" in parts and "native" in self.engines:
             self._limits()
         if "routing" in parts and self.engines:
