@@ -318,7 +318,9 @@ class Gateway:
         elif cfg.listen.rest:
             host, port = _split(cfg.listen.rest)
             # Bodies are forwarded as received (gzip included): the replica decompresses them.
-            server = web.Server(RestIngress(self).handle, access_log=None, auto_decompress=False)
+            ingress = RestIngress(self)
+            server = web.Server(ingress.handle, access_log=None, auto_decompress=False,
+                                logger=ingress.server_logger())
             self._rest_server = await loop.create_server(server, host, port, backlog=1024,
                                                          reuse_address=True,
                                                          reuse_port=self.reuse_port or None,

@@ -220,3 +220,15 @@ def test_busy_polling_serves_calls_then_lets_the_loop_sleep(
         assert idle_cpu < 0.5, f"{idle_cpu:.2f} s of CPU in 2 s without calls"
     finally:
         gw.stop()
+
+
+def test_compat_engine_counts_malformed_requests_without_a_traceback(
+        gws: tuple[GatewayProc, GatewayProc]) -> None:
+    _, compat = gws
+    for data in (b"GET /v1/models/x HTTP/1.1\r\nHost: a\r\nBad Header\r\n\r\n",
+                 b"POST /v1/models/x:predict HTTP/1.1\r\nContent-Length: x\r\n\r\n"):
+        assert _raw(compat.rest_port, data).startswith(b"HTTP/1.0 400")
+    assert re.search(r'infergate_gateway_errors_total\{kind="BadRequest",protocol="rest"\} '
+                     r'[2-9]', compat.metrics())
+    log = compat.log_path.read_text(errors="replace")
+    assert "BadHttpMessage" not in log and "Traceback" not in log
