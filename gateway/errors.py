@@ -97,10 +97,6 @@ class Unauthenticated(GatewayError):
     code = grpc.StatusCode.UNAUTHENTICATED
 
 
-class ShuttingDown(GatewayError):
-    code = grpc.StatusCode.UNAVAILABLE
-
-
 def rest_error_body(message: str) -> bytes:
     """TF Serving's REST error shape."""
     return orjson.dumps({"error": message[:MAX_MESSAGE]})

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 
 from gateway.call import Answer, Call
-from gateway.errors import CODE_BY_VALUE, GatewayError, ShuttingDown
+from gateway.errors import CODE_BY_VALUE, GatewayError
 from gateway.upstream import GrpcMethod
 from gateway.wire import WireError, read_spec
 
@@ -82,8 +82,6 @@ class GrpcIngress(grpc.GenericRpcHandler):
         t0 = time.monotonic()
         call: Call | None = None
         try:
-            if gw.draining:
-                raise ShuttingDown("The gateway is shutting down")
             remaining = context.time_remaining()
             deadline = None if remaining is None else t0 + remaining
             received = tuple(context.invocation_metadata() or ())

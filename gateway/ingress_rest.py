@@ -19,7 +19,7 @@ from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.web_request import BaseRequest
 
 from gateway.call import Answer, Call
-from gateway.errors import GatewayError, PayloadTooLarge, ShuttingDown, rest_error_body
+from gateway.errors import GatewayError, PayloadTooLarge, rest_error_body
 from gateway.rest_call import rest_call
 
 if TYPE_CHECKING:
@@ -70,7 +70,13 @@ class RestIngress:
 
     async def handle(self, request: BaseRequest) -> web.StreamResponse:
         with self.gw.active_call():
-            return await self._handle(request)
+            resp = await self._handle(request)
+        if self.gw.draining:
+            # A call that reaches a draining gateway on a kept-alive connection is served (the
+            # drain waits for it); its answer closes the connection, so the client's next call
+            # goes to another instance, as Envoy and nginx do.
+            resp.force_close()
+        return resp
 
     async def _handle(self, request: BaseRequest) -> web.StreamResponse:
         gw = self.gw
@@ -82,8 +88,6 @@ class RestIngress:
         method = request.method
         call: Call | None = None
         try:
-            if gw.draining:
-                raise ShuttingDown("The gateway is shutting down")
             body = await self._read_body(request, gw.runtime.cfg.limits.max_body_bytes)
             headers = {k.lower(): v for k, v in request.headers.items()}
             call = rest_call(method, raw, headers, body, t0)

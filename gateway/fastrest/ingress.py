@@ -14,7 +14,7 @@ import time
 from typing import TYPE_CHECKING
 
 from gateway.call import Answer, Call
-from gateway.errors import GatewayError, ShuttingDown, rest_error_body
+from gateway.errors import GatewayError, rest_error_body
 from gateway.fastrest.server import HttpRequest, Response
 from gateway.memo import BoundedMemo
 from gateway.rest_call import rest_call
@@ -91,8 +91,6 @@ class NativeRestIngress:
         headers = request.headers
         call: Call | None = None
         try:
-            if gw.draining and request.late:  # a call begun before the drain is served
-                raise ShuttingDown("The gateway is shutting down")
             call = rest_call(method, request.target, headers, request.body, t0, self._target)
             answer = await gw.pipeline.handle(call, gw.rest_fwd)
         except GatewayError as exc:

@@ -66,16 +66,15 @@ class HttpRequest:
     """One parsed request. `headers` has lower-case names; values are latin-1 decoded, so every
     byte the client sent survives a round trip through `str`."""
 
-    __slots__ = ("method", "target", "headers", "body", "keep_alive", "late")
+    __slots__ = ("method", "target", "headers", "body", "keep_alive")
 
     def __init__(self, method: str, target: str, headers: dict[str, str], body: bytes,
-                 keep_alive: bool, late: bool = False) -> None:
+                 keep_alive: bool) -> None:
         self.method = method
         self.target = target
         self.headers = headers
         self.body = body
         self.keep_alive = keep_alive
-        self.late = late  # its head arrived after the server began draining
 
 
 # status, header lines ("Name: value\r\n" each; no Content-Length, no Connection), body
@@ -141,7 +140,6 @@ class HttpServerProtocol(asyncio.Protocol):
         self._head_done = False
         self._expect_continue = False
         self._refused = False  # the current request was answered by the framing layer
-        self._late = False  # the current request's head arrived while draining
         self._held = 0  # calls started (call_started) and not yet finished, on this connection
         # requests parsed and waiting, and the one being answered
         self._queue: deque[HttpRequest] = deque()
@@ -247,7 +245,6 @@ class HttpServerProtocol(asyncio.Protocol):
             raise _Refused
         self._held += 1
         self._app.call_started()
-        self._late = self._app.draining
         expect = self._headers.get("expect")
         if expect is not None and expect.lower() == "100-continue":
             self._expect_continue = True
@@ -264,7 +261,7 @@ class HttpServerProtocol(asyncio.Protocol):
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         parser = self._parser
         req = HttpRequest(parser.get_method().decode("ascii"), self._url.decode("latin-1"),
-                          self._headers, body, parser.should_keep_alive(), self._late)
+                          self._headers, body, parser.should_keep_alive())
         self._in_message = False
         self._expect_continue = False
         self._body = []

@@ -17,7 +17,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 from gateway.call import Answer, Call
-from gateway.errors import GatewayError, ShuttingDown
+from gateway.errors import GatewayError
 from gateway.http2 import grpcwire as gw_
 from gateway.http2.hpack import Headers, HpackEncoder, encode_field
 from gateway.http2.modelspec import GrpcPath, SpecMemo
@@ -66,10 +66,6 @@ class NativeGrpcIngress:
 
     # ---- H2App ---------------------------------------------------------------------------
 
-    @property
-    def draining(self) -> bool:
-        return self.gw.draining
-
     def call_started(self) -> None:
         self.gw.call_started()  # the drain waits for calls whose body is still arriving
 
@@ -110,8 +106,6 @@ class NativeGrpcIngress:
             method = "other"
         call: Call | None = None
         try:
-            if gw.draining and stream.late:  # a call begun before the drain is served
-                raise ShuttingDown("The gateway is shutting down")
             try:
                 body = gw_.unframe(stream.body(), encoding, self.max_message)
             except gw_.MessageError as exc:

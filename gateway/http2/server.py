@@ -32,9 +32,6 @@ _DRAIN_PING_TIMEOUT_S = 1.0
 class H2App(Protocol):
     max_body: int  # largest request body (DATA bytes) a stream may carry
 
-    @property
-    def draining(self) -> bool: ...
-
     def call_started(self) -> None:
         """A stream opened: the call exists from now on (a drain waits for it)."""
         ...
@@ -121,7 +118,6 @@ class H2ServerConnection(H2Connection):
             return
         stream = Stream(sid, self.peer_initial_window)
         stream.headers = headers
-        stream.late = self.app.draining
         self.streams[sid] = stream
         self.app.call_started()
         if end_stream:

@@ -36,7 +36,7 @@ class Stream:
 
     __slots__ = ("id", "headers", "trailers", "chunks", "size", "remote_closed", "local_closed",
                  "send_window", "recv_unacked", "out", "out_end", "out_trailers", "handler",
-                 "waiter", "got_response", "reset_code", "late", "user", "deadline")
+                 "waiter", "got_response", "reset_code", "user", "deadline")
 
     def __init__(self, stream_id: int, send_window: int) -> None:
         self.id = stream_id
@@ -55,7 +55,6 @@ class Stream:
         self.waiter: Any = None  # client: the future waiting for its answer
         self.got_response = False  # client: any answer frame arrived
         self.reset_code: int | None = None
-        self.late = False  # server: opened after the server began draining
         self.user: Any = None  # what the layer above keeps per stream
         self.deadline = 0.0  # client: when its waiter fails with DeadlineExpired (monotonic)
 

@@ -320,3 +320,58 @@ def test_drain_waits_for_a_call_still_sending_its_body(fleet3: list[Slot], gatew
     rc = g.stop()
     assert answer.startswith(b"HTTP/1.1 200"), answer[:200] or "connection closed, no answer"
     assert rc == 0
+
+
+def _read_answer(sock: socket.socket) -> bytes:
+    """One HTTP/1.1 answer with a Content-Length body (or what arrived before the close)."""
+    out = b""
+    while b"\r\n\r\n" not in out:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return out
+        out += chunk
+    head, _, rest = out.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(rest) < length:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        rest += chunk
+    return head + b"\r\n\r\n" + rest
+
+
+@pytest.mark.parametrize("engine", ["compat", "native"])
+def test_a_call_on_a_kept_alive_connection_during_the_drain_is_served(
+        fleet3: list[Slot], gateway_on: Any, engine: str) -> None:
+    """SIGTERM arrives while a call is in flight; a new call on another connection that was
+    already open (keep-alive) is served, not refused, and its answer closes the connection, so
+    the client's next call goes to another instance."""
+    for s in fleet3:
+        assert s.proc is not None
+        s.proc.set_knobs(latency_ms=600)
+    g = gateway_on(drill_config(fleet3, limits={"drain_s": 10}), engine)
+    body = b'{"instances": [1.0, 2.0, 5.0]}'
+    request = (f"POST /v1/models/{MODEL}:predict HTTP/1.1\r\nHost: x\r\nContent-Type: "
+               f"application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    with socket.create_connection(("127.0.0.1", g.rest_port), timeout=10) as kept, \
+            socket.create_connection(("127.0.0.1", g.rest_port), timeout=10) as busy:
+        kept.sendall(request)
+        first = _read_answer(kept)
+        assert first.startswith(b"HTTP/1.1 200"), first[:200]
+        assert b"connection: close" not in first.lower()  # kept alive
+        busy.sendall(request)  # in flight at SIGTERM: keeps the drain open
+        time.sleep(0.2)
+        g.signal(signal.SIGTERM)
+        time.sleep(0.2)
+        kept.sendall(request)  # a new call on the kept-alive connection, during the drain
+        late = _read_answer(kept)
+        in_flight = _read_answer(busy)
+    rc = g.stop()
+    assert late.startswith(b"HTTP/1.1 200"), late[:300]
+    assert b"connection: close" in late.lower(), late[:300]
+    assert in_flight.startswith(b"HTTP/1.1 200"), in_flight[:300]
+    assert rc == 0
