@@ -109,6 +109,15 @@ class _FastLabelled:
     def _new_child(self) -> Any:  # pragma: no cover - overridden
         raise NotImplementedError
 
+    def _lookup(self, values: tuple[object, ...], kw: dict[str, object]) -> Any:
+        """The series for label values given positionally or by name (as `labels()` takes)."""
+        if kw:
+            if values:
+                raise ValueError("Can't pass both *args and **kwargs")
+            values = self._labels_kw(kw)
+        c = self._series.get(values)  # type: ignore[arg-type]
+        return c if c is not None else self._add(values)
+
     def _labels_kw(self, kw: dict[str, object]) -> tuple[object, ...]:
         if sorted(kw) != sorted(self._labelnames):
             raise ValueError("Incorrect label names")
@@ -131,13 +140,7 @@ class FastCounter(_FastLabelled):
         return FastCounterChild()
 
     def labels(self, *values: object, **kw: object) -> FastCounterChild:
-        if kw:
-            if values:
-                raise ValueError("Can't pass both *args and **kwargs")
-            values = self._labels_kw(kw)
-        c: FastCounterChild | None = self._series.get(values)  # type: ignore[arg-type]
-        if c is None:
-            c = self._add(values)
+        c: FastCounterChild = self._lookup(values, kw)
         return c
 
     def _family(self) -> CounterMetricFamily:
@@ -174,13 +177,7 @@ class FastHistogram(_FastLabelled):
         return FastHistogramChild(self._bounds)
 
     def labels(self, *values: object, **kw: object) -> FastHistogramChild:
-        if kw:
-            if values:
-                raise ValueError("Can't pass both *args and **kwargs")
-            values = self._labels_kw(kw)
-        c: FastHistogramChild | None = self._series.get(values)  # type: ignore[arg-type]
-        if c is None:
-            c = self._add(values)
+        c: FastHistogramChild = self._lookup(values, kw)
         return c
 
     def _family(self) -> HistogramMetricFamily:
