@@ -11,6 +11,7 @@ import asyncio
 import ssl
 from typing import TYPE_CHECKING
 
+from gateway.fastrest.cork import Cork
 from gateway.fastrest.forwarder import NativeRestForwarder
 from gateway.fastrest.ingress import NativeRestIngress
 from gateway.fastrest.server import HttpRequest, HttpServerProtocol, RestApp, ServerLimits
@@ -27,7 +28,8 @@ async def serve_http(app: RestApp, host: str, port: int, limits: ServerLimits,
                      ssl_context: ssl.SSLContext | None = None) -> asyncio.Server:
     """Listen on host:port and answer every connection with `app`."""
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: HttpServerProtocol(app, limits), host, port,
+    cork = Cork(loop)  # the listener's connections send their answers together per iteration
+    return await loop.create_server(lambda: HttpServerProtocol(app, limits, cork), host, port,
                                     backlog=backlog, reuse_address=True,
                                     reuse_port=reuse_port or None, ssl=ssl_context)
 

@@ -22,6 +22,7 @@ from typing import cast
 import httptools
 
 from gateway.deadlines import DeadlineTimer
+from gateway.fastrest.cork import Cork, CorkedOutput
 
 
 class UpstreamError(Exception):
@@ -44,9 +45,11 @@ class UpstreamResponse:
 class UpstreamConnection(asyncio.Protocol):
     """One TCP connection to a replica."""
 
-    def __init__(self, relay: frozenset[str]) -> None:
+    def __init__(self, relay: frozenset[str], cork: Cork | None = None) -> None:
         # Kept: on Python 3.11 each lookup of the running loop costs a getpid() system call.
         self.loop = asyncio.get_running_loop()
+        # requests leave together with those of other connections (gateway.fastrest.cork)
+        self._out = CorkedOutput(cork or Cork(self.loop))
         self._timer = DeadlineTimer(self.loop, self._expire_due)
         self._deadline = 0.0  # of the request in progress
         self._relay = {k.encode("latin-1"): k for k in relay}
@@ -68,11 +71,13 @@ class UpstreamConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it
         self._transport = cast(asyncio.Transport, transport)
+        self._out.attach(self._transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.reusable = False
         self._transport = None
+        self._out.attach(None)
         self._timer.cancel()
         w = self._waiter
         if w is None or w.done():
@@ -142,11 +147,11 @@ class UpstreamConnection(asyncio.Protocol):
         self._head_only = head_only
         self.reusable = False
         if body and len(body) <= 65536:
-            t.write(data + body)
+            self._out.send(data + body)
         else:
-            t.write(data)
+            self._out.send(data)
             if body:
-                t.write(body)
+                self._out.send(body)
         return fut
 
     def _finish(self, keep_alive: bool) -> None:
@@ -178,6 +183,7 @@ class UpstreamConnection(asyncio.Protocol):
     def abandon(self) -> None:
         """The caller gave up (timeout, cancellation): the answer can no longer be matched."""
         self._waiter = None
+        self._out.attach(None)  # a request still corked is not sent at all
         self.close()
 
     def close(self) -> None:
@@ -185,6 +191,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.closed = True
         self._timer.cancel()
         if self._transport is not None:
+            self._out.flush()
             self._transport.close()
 
 
@@ -205,6 +212,7 @@ class HostPool:
         self._idle_timeout = idle_timeout_s
         self._max_idle = max_idle_per_host
         self._connect_timeout = connect_timeout_s
+        self._cork: Cork | None = None  # shared by this pool's connections; made on first use
 
     async def request(self, addr: str, head: bytes, body: bytes, timeout: float,
                       head_only: bool = False, may_resend: bool = True) -> UpstreamResponse:
@@ -255,10 +263,13 @@ class HostPool:
     async def _connect(self, addr: str, timeout: float) -> UpstreamConnection:
         host, _, port = addr.rpartition(":")
         loop = asyncio.get_running_loop()
+        cork = self._cork
+        if cork is None:
+            cork = self._cork = Cork(loop)
         try:
             async with asyncio.timeout(max(0.001, min(timeout, self._connect_timeout))):
                 _, conn = await loop.create_connection(
-                    lambda: UpstreamConnection(self._relay), host.strip("[]"), int(port))
+                    lambda: UpstreamConnection(self._relay, cork), host.strip("[]"), int(port))
         except TimeoutError:
             if timeout <= self._connect_timeout:
                 raise UpstreamTimeout() from None

@@ -28,6 +28,8 @@ from typing import Protocol, cast
 
 import httptools
 
+from gateway.fastrest.cork import Cork, CorkedOutput
+
 log = logging.getLogger("infergate.fastrest")
 
 _REASONS: dict[int, bytes] = {
@@ -123,11 +125,13 @@ def encode_head(status: int, lines: bytes, body_len: int, close: bool) -> bytes:
 class HttpServerProtocol(asyncio.Protocol):
     """One client connection."""
 
-    def __init__(self, app: RestApp, limits: ServerLimits) -> None:
+    def __init__(self, app: RestApp, limits: ServerLimits, cork: Cork | None = None) -> None:
         self._app = app
         self._limits = limits
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
+        # every byte to the client goes through here, in order (gateway.fastrest.cork)
+        self._out = CorkedOutput(cork or Cork(self._loop))
         self._parser = httptools.HttpRequestParser(self)
         # the request being parsed
         self._url = b""
@@ -160,12 +164,14 @@ class HttpServerProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it
         self._transport = cast(asyncio.Transport, transport)
+        self._out.attach(self._transport)
         self._phase_since = self._loop.time()
         self._timer = self._loop.call_later(self._tick_s, self._tick)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._closing = True
         self._transport = None
+        self._out.attach(None)
         self._release_all()
         if self._timer is not None:
             self._timer.cancel()
@@ -310,30 +316,29 @@ class HttpServerProtocol(asyncio.Protocol):
 
     def _write(self, status: int, headers: bytes, body: bytes, head_only: bool,
                close: bool) -> None:
-        t = self._transport
-        if t is None:
+        if self._transport is None:
             return
+        send = self._out.send
         if status == 200 and not close and not head_only and 0 < len(body) <= _INLINE_BODY:
             # The common answer, built in one formatting step: the same bytes as encode_head
             # followed by the body.
-            t.write(b"HTTP/1.1 200 OK\r\n%sContent-Length: %d\r\n\r\n%s" % (headers, len(body),
-                                                                            body))
+            send(b"HTTP/1.1 200 OK\r\n%sContent-Length: %d\r\n\r\n%s" % (headers, len(body), body))
             return
         head = encode_head(status, headers, len(body), close)
         if head_only or not body:
-            t.write(head)
+            send(head)
         elif len(body) <= _INLINE_BODY:
-            t.write(head + body)
+            send(head + body)
         else:
-            t.write(head)
-            t.write(body)
+            send(head)
+            send(body)
 
     def _maybe_continue(self) -> None:
         """Send 100 Continue for the request being parsed once every earlier answer is out."""
         if (self._expect_continue and self._in_message and self._active is None
                 and not self._queue and self._transport is not None):
             self._expect_continue = False
-            self._transport.write(_CONTINUE)
+            self._out.send(_CONTINUE)
 
     def _refuse(self, status: int, message: str) -> None:
         """Answer from the framing layer and close: the request's remaining bytes are unread,
@@ -360,6 +365,7 @@ class HttpServerProtocol(asyncio.Protocol):
     def _close(self) -> None:
         self._closing = True
         if self._transport is not None:
+            self._out.flush()  # what is corked leaves before the close
             self._transport.close()
 
     def _set_reading(self) -> None:
