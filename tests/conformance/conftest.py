@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.integration.gwproc import GatewayProc
+from tests.integration.gwproc import EngineGateway, GatewayProc
 from tests.support.models import write_model_config
 from tests.support.procs import ReplicaProc, start_replica
 
@@ -62,17 +62,6 @@ class Pair:
 
 
 ENGINES = ("compat", "native")  # listen.engine: aiohttp + grpc.aio, or the gateway's own layers
-
-
-class EngineGateway(GatewayProc):
-    """A GatewayProc whose config selects a data-path engine."""
-
-    def __init__(self, cfg: dict[str, Any], workdir: pathlib.Path, engine: str) -> None:
-        self.engine = engine
-        super().__init__(cfg, workdir, name=f"gateway-{engine}")
-
-    def write_config(self, cfg: dict[str, Any]) -> None:
-        super().write_config(dict(cfg, listen=dict(cfg["listen"], engine=self.engine)))
 
 
 def start_replica_for_conformance(models: pathlib.Path, workdir: pathlib.Path) -> ReplicaProc:

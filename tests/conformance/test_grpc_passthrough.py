@@ -25,8 +25,9 @@ from tensorflow_serving.apis import (
     prediction_service_pb2_grpc,
 )
 
-from tests.conformance.conftest import CLIENT_OPTIONS, ENGINES, EngineGateway
+from tests.conformance.conftest import CLIENT_OPTIONS, ENGINES
 from tests.conformance.outcome import GATEWAY_HEADERS, grpc_call
+from tests.integration.gwproc import EngineGateway
 
 pytestmark = pytest.mark.integration
 

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import gateway_factory, model_config, models_dir  # noqa: F401
-from tests.integration.gwproc import GatewayProc
+from tests.integration.gwproc import EngineGateway, GatewayProc
 from tests.support.procs import (
     MONITORING_CONFIG,
     ProcessFailed,
@@ -140,25 +140,14 @@ def fleet3(trio: list[Slot]) -> Iterator[list[Slot]]:
             s.heal()
 
 
-class EngineGateway(GatewayProc):
-    """A GatewayProc whose config selects a data-path engine (listen.engine)."""
-
-    engine = "compat"
-
-    def write_config(self, cfg: dict[str, Any]) -> None:
-        cfg = dict(cfg)
-        cfg["listen"] = dict(cfg["listen"], engine=self.engine)
-        super().write_config(cfg)
-
-
 @pytest.fixture
 def gateway_on(tmp_path: pathlib.Path) -> Iterator[Callable[[dict[str, Any], str], GatewayProc]]:
     """make(cfg, engine): a gateway on that engine, stopped by pid after the test."""
     started: list[GatewayProc] = []
 
     def make(cfg: dict[str, Any], engine: str) -> GatewayProc:
-        cls = type(f"{engine.title()}Gateway", (EngineGateway,), {"engine": engine})
-        g = cls(cfg, tmp_path / f"gateway-{engine}-{len(started)}")
+        g = EngineGateway(cfg, tmp_path / f"gateway-{engine}-{len(started)}", engine,
+                          name="gateway")
         started.append(g)
         return g
 

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import gateway_factory, models_dir  # noqa: F401
-from tests.integration.gwproc import GatewayProc
+from tests.integration.gwproc import EngineGateway, GatewayProc
 from tests.support.models import write_model_config
 from tests.support.procs import ReplicaProc, start_replica
 
@@ -54,20 +54,8 @@ def gateway_config(replica: ReplicaProc) -> dict[str, Any]:
 ENGINES = ["compat", "native"]
 
 
-class EngineGateway(GatewayProc):
-    """A GatewayProc whose config selects a data-path engine."""
-
-    engine = "compat"
-
-    def write_config(self, cfg: dict[str, Any]) -> None:
-        cfg = dict(cfg)
-        cfg["listen"] = dict(cfg["listen"], engine=self.engine)
-        super().write_config(cfg)
-
-
 def start_gateway(engine: str, cfg: dict[str, Any], workdir: pathlib.Path) -> GatewayProc:
-    cls = type(f"{engine.title()}Gateway", (EngineGateway,), {"engine": engine})
-    return cls(cfg, workdir)
+    return EngineGateway(cfg, workdir, engine, name="gateway")
 
 
 @pytest.fixture(scope="module", params=ENGINES)

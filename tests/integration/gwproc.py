@@ -38,11 +38,15 @@ def http(method: str, url: str, body: Any = None, headers: dict[str, str] | None
 
 class GatewayProc:
     def __init__(self, cfg: dict[str, Any], workdir: Path, name: str = "gateway",
-                 ready_timeout: float = 30.0, wait_ready: bool = True) -> None:
+                 ready_timeout: float = 30.0, wait_ready: bool = True,
+                 listen: dict[str, Any] | None = None) -> None:
+        """`listen`: keys added to the listen section (engine, busy_poll_us, ...); the addresses
+        are always free ports on 127.0.0.1."""
         self.rest_port, self.grpc_port, self.admin_port = free_port(), free_port(), free_port()
         cfg = dict(cfg)
         tls = cfg.pop("tls", None)
-        cfg["listen"] = {"rest": f"127.0.0.1:{self.rest_port}", "grpc": f"127.0.0.1:{self.grpc_port}",
+        cfg["listen"] = {**(listen or {}), "rest": f"127.0.0.1:{self.rest_port}",
+                         "grpc": f"127.0.0.1:{self.grpc_port}",
                          "admin": f"127.0.0.1:{self.admin_port}"}
         if tls:
             cfg["listen"]["tls"] = tls
@@ -124,3 +128,14 @@ class GatewayProc:
                 self.proc.wait()
         self._log.close()
         return int(self.proc.returncode)
+
+
+class EngineGateway(GatewayProc):
+    """A GatewayProc on one data-path engine (listen.engine: "native" or "compat"); further
+    keyword arguments are other keys of the listen section."""
+
+    def __init__(self, cfg: dict[str, Any], workdir: Path, engine: str,
+                 name: str | None = None, **listen: Any) -> None:
+        self.engine = engine
+        super().__init__(cfg, workdir, name=name or f"gateway-{engine}",
+                         listen={"engine": engine, **listen})

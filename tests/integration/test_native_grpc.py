@@ -26,7 +26,7 @@ from tensorflow_serving.apis import (
 )
 
 from tests.integration.conftest import Fleet
-from tests.integration.test_native_rest import NativeGateway
+from tests.integration.gwproc import EngineGateway
 
 pytestmark = pytest.mark.integration
 
@@ -55,11 +55,11 @@ def predict(version: int | None = None, label: str | None = None, model: str = "
 
 
 @pytest.fixture(scope="module")
-def gw(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[NativeGateway]:
+def gw(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Iterator[EngineGateway]:
     cfg = {"replicas": fleet.replica_cfg(),
            "models": {"half_plus_two": {"labels": {"stable": 1, "canary": 2}}},
            "limits": {"drain_s": 10}}
-    g = NativeGateway(cfg, tmp_path_factory.mktemp("native-grpc"), name="native-grpc")
+    g = EngineGateway(cfg, tmp_path_factory.mktemp("native-grpc"), "native")
     yield g
     g.stop()
 
@@ -77,7 +77,7 @@ def _outcome(fn: Callable[[], Any]) -> tuple[Any, ...]:
         return ("error", err.code(), err.details())  # type: ignore[attr-defined]
 
 
-def test_official_stubs_behave_as_against_the_replica(gw: NativeGateway, fleet: Fleet) -> None:
+def test_official_stubs_behave_as_against_the_replica(gw: EngineGateway, fleet: Fleet) -> None:
     g_ch, g_pred, g_model = _stubs(gw.grpc_addr)
     r_ch, r_pred, r_model = _stubs(fleet.replicas[0].grpc_addr)
     classify = classification_pb2.ClassificationRequest()
@@ -126,7 +126,7 @@ def test_official_stubs_behave_as_against_the_replica(gw: NativeGateway, fleet: 
     r_ch.close()
 
 
-def test_gateway_labels_and_metadata(gw: NativeGateway) -> None:
+def test_gateway_labels_and_metadata(gw: EngineGateway) -> None:
     ch, pred, _ = _stubs(gw.grpc_addr)
     answer, call = pred.Predict.with_call(predict(label="stable"), timeout=20)
     assert list(answer.outputs["y"].float_val) == [2.5, 3.0, 4.5]
@@ -136,7 +136,7 @@ def test_gateway_labels_and_metadata(gw: NativeGateway) -> None:
     ch.close()
 
 
-def test_large_tensors_both_ways(gw: NativeGateway) -> None:
+def test_large_tensors_both_ways(gw: EngineGateway) -> None:
     ch, pred, _ = _stubs(gw.grpc_addr)
     values = [float(i % 1000) for i in range(3_000_000)]  # 12 MB of float32 in, 12 MB out
     answer = pred.Predict(predict(version=1, values=values), timeout=120)
@@ -145,7 +145,7 @@ def test_large_tensors_both_ways(gw: NativeGateway) -> None:
     ch.close()
 
 
-def test_deadline_is_enforced(gw: NativeGateway, fleet: Fleet) -> None:
+def test_deadline_is_enforced(gw: EngineGateway, fleet: Fleet) -> None:
     for r in fleet.replicas:
         r.set_knobs(latency_ms=1500)
     try:
@@ -162,7 +162,7 @@ def test_deadline_is_enforced(gw: NativeGateway, fleet: Fleet) -> None:
 def test_sigterm_drains_a_call_in_flight(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory
                                          ) -> None:
     cfg = {"replicas": fleet.replica_cfg(), "limits": {"drain_s": 10}}
-    g = NativeGateway(cfg, tmp_path_factory.mktemp("drain"), name="drain")
+    g = EngineGateway(cfg, tmp_path_factory.mktemp("drain"), "native")
     for r in fleet.replicas:
         r.set_knobs(latency_ms=1000)
     try:

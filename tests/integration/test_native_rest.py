@@ -16,38 +16,12 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import Fleet
-from tests.integration.gwproc import GatewayProc, http
+from tests.integration.gwproc import EngineGateway, GatewayProc, http
 
 pytestmark = pytest.mark.integration
 
 BODY = {"instances": [1.0, 2.0, 5.0]}
 V2 = [3.5, 4.0, 5.5]
-
-
-class NativeGateway(GatewayProc):
-    """A GatewayProc whose config selects the native engine."""
-
-    engine = "native"
-
-    def write_config(self, cfg: dict[str, Any]) -> None:
-        cfg = dict(cfg)
-        cfg["listen"] = dict(cfg["listen"], engine=self.engine)
-        super().write_config(cfg)
-
-
-class CompatGateway(NativeGateway):
-    """A GatewayProc whose config selects the compat engine (aiohttp, grpc.aio)."""
-
-    engine = "compat"
-
-
-class BusyPollingGateway(NativeGateway):
-    """The native engine with listen.busy_poll_us set (20 ms)."""
-
-    def write_config(self, cfg: dict[str, Any]) -> None:
-        cfg = dict(cfg)
-        cfg["listen"] = dict(cfg["listen"], busy_poll_us=20_000)
-        super().write_config(cfg)
 
 
 def _cfg(fleet: Fleet) -> dict[str, Any]:
@@ -61,8 +35,8 @@ def _cfg(fleet: Fleet) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def gws(fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    native = NativeGateway(_cfg(fleet), tmp_path_factory.mktemp("native"), name="native")
-    compat = CompatGateway(_cfg(fleet), tmp_path_factory.mktemp("compat"), name="compat")
+    native = EngineGateway(_cfg(fleet), tmp_path_factory.mktemp("native"), "native")
+    compat = EngineGateway(_cfg(fleet), tmp_path_factory.mktemp("compat"), "compat")
     yield native, compat
     native.stop()
     compat.stop()
@@ -206,7 +180,8 @@ def test_busy_polling_serves_calls_then_lets_the_loop_sleep(
         fleet: Fleet, tmp_path_factory: pytest.TempPathFactory) -> None:
     """listen.busy_poll_us: calls are answered as usual; once they stop, the loop goes back to
     sleeping after the window instead of polling for ever (an idle gateway costs no core)."""
-    gw = BusyPollingGateway(_cfg(fleet), tmp_path_factory.mktemp("busy"), name="busy")
+    gw = EngineGateway(_cfg(fleet), tmp_path_factory.mktemp("busy"), "native", name="busy",
+                       busy_poll_us=20_000)
     try:
         for i in range(20):
             status, h, _ = http("POST", gw.rest_url + "/v1/models/half_plus_two:predict", BODY,

@@ -5,8 +5,8 @@ close-delimited and interim answers, malformed answers, and what the forwarder p
 from __future__ import annotations
 
 import asyncio
-import time
 import gzip
+import time
 from collections.abc import Awaitable, Callable
 
 import pytest
