@@ -138,21 +138,13 @@ def test_reload_that_renames_replicas(fleet3: list[Slot], gateway_factory: Any) 
     g = gateway_factory(catalog_config(fleet3))
     load = start_load("reloads renaming replicas (REST)",
                       rest_predict_client("127.0.0.1", g.rest_port))
-    burst_failures: list[str] = []
+    configs = []
     for i in range(6):
         cfg = catalog_config(fleet3)
         for r in cfg["replicas"]:
             r["name"] = f"gen{i}-{r['name']}"
-        with Burst(g.rest_port, 16) as burst:
-            status, body = g.reload(cfg)
-            assert status == 200 and body["ok"] is True, body
-            burst_failures += burst.fire()
-        load.wait_more(80)
-    report = finish(load, g)
-    print(f"[drill] plus 6 bursts of 16 calls sent the moment each reload answered: "
-          f"{len(burst_failures)} failed")
-    assert_no_failures(report)
-    assert not burst_failures, burst_failures[:3]
+        configs.append(cfg)
+    reloads_with_bursts(g, load, configs)
 
 
 def catalog_config(slots: list[Slot]) -> dict[str, Any]:
@@ -171,16 +163,23 @@ def test_reload_onto_replicas_never_probed(fleet3: list[Slot], gateway_factory: 
     g = gateway_factory(catalog_config(fleet3[:1]))
     load = start_load("reloads onto replicas never probed (REST)",
                       rest_predict_client("127.0.0.1", g.rest_port))
+    reloads_with_bursts(g, load, [catalog_config(fleet3[1:] if i % 2 == 0 else fleet3[:1])
+                                  for i in range(8)])
+
+
+def reloads_with_bursts(g: GatewayProc, load: Load, configs: list[dict[str, Any]]) -> None:
+    """Reload to each config in turn under `load`; the moment each reload answers, 16
+    kept-alive connections send one call each. No call of either kind may fail."""
     burst_failures: list[str] = []
-    for i in range(8):
+    for cfg in configs:
         with Burst(g.rest_port, 16) as burst:
-            status, body = g.reload(catalog_config(fleet3[1:] if i % 2 == 0 else fleet3[:1]))
+            status, body = g.reload(cfg)
             assert status == 200 and body["ok"] is True, body
             burst_failures += burst.fire()
         load.wait_more(80)
     report = finish(load, g)
-    print(f"[drill] plus 8 bursts of 16 calls sent the moment each reload answered: "
-          f"{len(burst_failures)} failed")
+    print(f"[drill] plus {len(configs)} bursts of 16 calls sent the moment each reload "
+          f"answered: {len(burst_failures)} failed")
     assert_no_failures(report)
     assert not burst_failures, burst_failures[:3]
 

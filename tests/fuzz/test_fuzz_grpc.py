@@ -24,6 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway.wire import encode_varint
 from tests.fuzz.conftest import rss_kib
 from tests.integration.gwproc import GatewayProc
 from tests.support.procs import ReplicaProc
@@ -49,29 +50,16 @@ SERVER_SIDE = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCod
                grpc.StatusCode.DATA_LOSS, grpc.StatusCode.DEADLINE_EXCEEDED}
 
 
-# ---- protobuf by hand -----------------------------------------------------------------------
-
-def varint(n: int) -> bytes:
-    n &= (1 << 64) - 1  # negative int64 values take ten bytes, as protobuf writes them
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
+# ---- protobuf by hand (varints from gateway.wire) --------------------------------------------
 
 def field(number: int, wire: int, payload: bytes | int) -> bytes:
-    tag = varint(number << 3 | wire)
+    tag = encode_varint(number << 3 | wire)
     if wire == 0:
         assert isinstance(payload, int)
-        return tag + varint(payload)
+        return tag + encode_varint(payload)
     assert isinstance(payload, bytes)
     if wire == 2:
-        return tag + varint(len(payload)) + payload
+        return tag + encode_varint(len(payload)) + payload
     return tag + payload  # fixed32 / fixed64: the caller gives the right width (or not)
 
 
@@ -140,7 +128,7 @@ def mutated(draw: st.DrawFn) -> bytes:
             i = draw(st.integers(0, len(data)))
             data[i:i] = draw(st.binary(min_size=1, max_size=6))
         elif op == "length":  # a length prefix far past the end of the message
-            data[:0] = b"\x0a" + varint(draw(st.integers(len(data) + 1, 2**31)))
+            data[:0] = b"\x0a" + encode_varint(draw(st.integers(len(data) + 1, 2**31)))
     return bytes(data)
 
 
