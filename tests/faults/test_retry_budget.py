@@ -8,8 +8,6 @@ intended behaviour with a fake clock (the budget is a pure component: time is pa
 
 from __future__ import annotations
 
-import pytest
-
 from gateway.budget import RetryBudget
 
 

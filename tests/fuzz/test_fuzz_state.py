@@ -9,7 +9,6 @@ from types import SimpleNamespace
 from typing import Any
 
 import grpc
-import pytest
 
 from gateway.app import Runtime
 from gateway.config import parse_config
