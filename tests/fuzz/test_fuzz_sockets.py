@@ -13,7 +13,6 @@ import json
 import pathlib
 import socket
 import ssl
-import subprocess
 import time
 from collections.abc import Iterator
 
@@ -24,6 +23,7 @@ from hypothesis import strategies as st
 
 from tests.fuzz.conftest import gateway_config, raw_request, start_gateway
 from tests.integration.gwproc import GatewayProc
+from tests.support.certs import self_signed
 from tests.support.procs import ReplicaProc
 
 pytestmark = pytest.mark.integration
@@ -40,12 +40,7 @@ CALL_TIMEOUT = 10.0
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    d = tmp_path_factory.mktemp("certs")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-                    "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem")],
-                   check=True, capture_output=True)
-    return d
+    return self_signed(tmp_path_factory.mktemp("certs"))
 
 
 @pytest.fixture(scope="module")

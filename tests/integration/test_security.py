@@ -6,7 +6,6 @@ import hashlib
 import json
 import pathlib
 import ssl
-import subprocess
 import urllib.request
 from typing import Any
 
@@ -14,6 +13,7 @@ import pytest
 
 from tests.integration.conftest import Fleet
 from tests.integration.gwproc import http
+from tests.support.certs import self_signed
 
 KEY = "k-0123456789abcdef"
 OTHER = "k-fedcba9876543210"
@@ -22,12 +22,7 @@ BODY = {"instances": [1.0]}
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
-    d = tmp_path_factory.mktemp("certs")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-                    "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem")],
-                   check=True, capture_output=True)
-    return d
+    return self_signed(tmp_path_factory.mktemp("certs"))
 
 
 def test_api_keys_per_model(fleet: Fleet, gateway_factory: Any) -> None:
