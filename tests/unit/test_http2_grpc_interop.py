@@ -45,7 +45,6 @@ class EchoApp:
         self.calls = 0
         self.goaway_once = False
 
-    draining = False
     active = 0
 
     def call_started(self) -> None:

@@ -30,7 +30,6 @@ class App:
         self.cancelled = 0
         self.too_large = 0
 
-    draining = False
     active = 0
 
     def call_started(self) -> None:
