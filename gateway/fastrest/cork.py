@@ -33,6 +33,16 @@ class Cork:
         self._pending: list[CorkedOutput] = []
         self._open = False  # a write went out in this iteration: cork the next ones
 
+    def hold(self, out: CorkedOutput) -> bool:
+        """Whether `out`'s write must wait for the end of the iteration (it is then flushed
+        there); False for the iteration's first write, which goes out at once."""
+        if self._open:
+            self._pending.append(out)
+            return True
+        self._open = True
+        self._loop.call_soon(self._flush)  # the end of this iteration
+        return False
+
     def _flush(self) -> None:
         self._open = False
         pending, self._pending = self._pending, []
@@ -56,16 +66,11 @@ class CorkedOutput:
             self._parts = []  # the connection is gone: nothing can be sent any more
 
     def send(self, data: bytes) -> None:
-        if self._parts:  # bytes of this connection are corked: these go after them
+        # Behind bytes this connection already corked, or behind an earlier write of this
+        # iteration: corked.
+        if self._parts or self._cork.hold(self):
             self._parts.append(data)
             return
-        cork = self._cork
-        if cork._open:
-            self._parts.append(data)
-            cork._pending.append(self)
-            return
-        cork._open = True
-        cork._loop.call_soon(cork._flush)  # the end of this iteration
         t = self._transport
         if t is not None and not t.is_closing():
             t.write(data)
