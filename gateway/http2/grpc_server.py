@@ -56,7 +56,6 @@ class NativeGrpcIngress:
         self._ok_trailer = encoder.encode([("grpc-status", "0")])
         self._own = encoder.encode([("x-infergate-replica", ""), ("x-infergate-version", ""),
                                     ("x-infergate-cache", "miss")])
-        self._tails: BoundedMemo[tuple[str, int | None, str], bytes] = BoundedMemo(_MEMO_MAX)
         # whole answer header blocks by (initial metadata, replica, version, cache)
         self._heads: BoundedMemo[tuple[tuple[tuple[str, str], ...], str, int | None, str],
                                  bytes] = BoundedMemo(_MEMO_MAX)
@@ -205,15 +204,13 @@ class NativeGrpcIngress:
             out.append(encode_field(k, v))
         return self._md_blocks.put(key, b"".join(out))
 
-    def _tail(self, a: Answer) -> bytes:
-        key = (a.replica, a.version, a.cache)
-        tail = self._tails.get(key)
-        if tail is None:
-            tail = self._tails.put(key, b"".join((
-                encode_field("x-infergate-replica", a.replica),
-                encode_field("x-infergate-version", "" if a.version is None else str(a.version)),
-                encode_field("x-infergate-cache", a.cache))))
-        return tail
+    @staticmethod
+    def _tail(a: Answer) -> bytes:
+        """The x-infergate-* initial metadata (remembered with the whole head by `_reply`)."""
+        return b"".join((
+            encode_field("x-infergate-replica", a.replica),
+            encode_field("x-infergate-version", "" if a.version is None else str(a.version)),
+            encode_field("x-infergate-cache", a.cache)))
 
     def _own_error(self, conn: H2ServerConnection, stream: Stream, code: int,
                    message: str) -> None:
