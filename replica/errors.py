@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import grpc
 
-from gateway.errors import CODE_BY_VALUE, GRPC_TO_HTTP
+from gateway.core.errors import CODE_BY_VALUE, GRPC_TO_HTTP
 
 # One table for the whole project: the gateway's (gRPC code -> HTTP status, as
 # tensorflow_model_server maps them).

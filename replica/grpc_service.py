@@ -6,6 +6,11 @@ and message (cut at 1024 characters). Metrics follow prediction_service_impl.cc:
 Classify and Regress count in request_count and, when OK, in request_latency (entrypoint "GRPC");
 MultiInference, GetModelMetadata and GetModelStatus record nothing there. With an SSLConfig the
 port accepts TLS only, built as TF Serving's BuildServerCredentialsFromSSLConfigFile builds it.
+
+What must always hold: a request whose bytes do not parse as the method's message ends with
+INTERNAL and empty details, on every method, before any servicer code runs (so it counts in no
+metric), as gRPC C++ answers for TF Serving (GenericDeserialize: INTERNAL with the message's
+InitializationErrorString(), empty for proto3 messages).
 """
 
 from __future__ import annotations
@@ -13,10 +18,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 from tensorflow_serving.apis import (
     classification_pb2,
     get_model_metadata_pb2,
@@ -200,6 +206,83 @@ class ModelService(model_service_pb2_grpc.ModelServiceServicer):  # type: ignore
         return response
 
 
+class _Unparsable:
+    """The request of a call whose bytes did not parse; only the parse guard ever sees it."""
+
+    __slots__ = ()
+
+
+_UNPARSABLE = _Unparsable()
+
+
+def _guard_parse(handler: grpc.RpcMethodHandler[Any, Any]) -> grpc.RpcMethodHandler[Any, Any]:
+    """``handler`` with a parse failure answered INTERNAL instead of grpc.aio's UNKNOWN.
+
+    grpc.aio deserialises before the servicer runs and maps anything the deserialiser raises to
+    UNKNOWN ("Unexpected DecodeError"); no code can be chosen from inside the deserialiser, so it
+    hands a marker to the behaviour, which aborts with the code gRPC C++ uses.
+    """
+    deserialize = handler.request_deserializer
+    behaviour = handler.unary_unary
+    if deserialize is None or behaviour is None:
+        return handler  # TF Serving's methods are all unary; anything else keeps its own handling
+
+    def parse(raw: bytes) -> Any:
+        try:
+            return deserialize(raw)
+        except DecodeError:
+            return _UNPARSABLE
+
+    async def call(request: Any, context: Any) -> Any:
+        if request is _UNPARSABLE:
+            await context.abort(grpc.StatusCode.INTERNAL, "")
+        result: Awaitable[Any] = behaviour(request, context)
+        return await result
+
+    return grpc.unary_unary_rpc_method_handler(
+        call, request_deserializer=parse, response_serializer=handler.response_serializer
+    )
+
+
+class _ParseGuardedHandler(grpc.GenericRpcHandler):
+    """A generic handler whose method handlers come back with the parse guard around them; each
+    is wrapped once per method path (a fixed set), not once per call."""
+
+    def __init__(self, inner: grpc.GenericRpcHandler) -> None:
+        self._inner = inner
+        self._guarded: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        method: str = handler_call_details.method
+        guarded = self._guarded.get(method)
+        if guarded is None:
+            inner = self._inner.service(handler_call_details)
+            if inner is None:
+                return None  # unknown method: the server answers UNIMPLEMENTED, as TF Serving
+            guarded = self._guarded[method] = _guard_parse(inner)
+        return guarded
+
+
+class _ParseGuardedRegistrar:
+    """Stands in for the server when the official add_*Servicer_to_server helpers register their
+    handlers, so the method table stays theirs and every method gets the parse guard."""
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers(tuple(_ParseGuardedHandler(h) for h in handlers))
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler[Any, Any]]
+    ) -> None:
+        # Newer generated helpers also register their table this way.
+        guarded = {name: _guard_parse(h) for name, h in handlers.items()}
+        self._server.add_registered_method_handlers(service, guarded)
+
+
 def server_credentials(ssl: SslConfig) -> grpc.ServerCredentials:
     """BuildServerCredentialsFromSSLConfigFile (TF Serving's server.cc): one key/cert pair;
     custom_ca as the roots; client_verify requires and verifies a client certificate."""
@@ -213,8 +296,9 @@ def server_credentials(ssl: SslConfig) -> grpc.ServerCredentials:
 def build_server(core: ServingCore, address: str, ssl: SslConfig | None = None) -> grpc.aio.Server:
     """The gRPC server on ``address``: plain, or TLS when an SSLConfig is given (as TF Serving)."""
     server = grpc.aio.server(options=SERVER_OPTIONS)
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(core), server)
-    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core), server)
+    registrar = _ParseGuardedRegistrar(server)
+    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(PredictionService(core), registrar)
+    model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelService(core), registrar)
     if ssl is None:
         port = server.add_insecure_port(address)
     else:

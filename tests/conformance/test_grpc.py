@@ -42,10 +42,9 @@ NOT_FOUND = grpc.StatusCode.NOT_FOUND
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 PRECONDITION = grpc.StatusCode.FAILED_PRECONDITION
 UNIMPLEMENTED = grpc.StatusCode.UNIMPLEMENTED
-# A request that does not parse is refused by the server's gRPC layer before any TF Serving
-# code runs, so its code is the transport's (UNKNOWN from grpc.aio's Python servicer); only
-# "the same error on both targets" is asserted.
-CORRUPT = None
+# A request that does not parse: tensorflow_model_server (gRPC C++) answers INTERNAL, and so do
+# the replica and, relaying it, the gateway.
+CORRUPT = grpc.StatusCode.INTERNAL
 DEADLINE = grpc.StatusCode.DEADLINE_EXCEEDED
 HPT = "half_plus_two"
 BIG = 2_621_440  # float32 elements: 10 MiB of tensor, each way

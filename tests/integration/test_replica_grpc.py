@@ -215,6 +215,39 @@ def test_grpc_status_and_metadata(
     assert "regress_x2_to_y3" in signatures.signature_def
 
 
+# Bytes that parse as no request message: a field tag with wire type 7, and a length past the end.
+UNPARSABLE = [b"\xff\xff\xff\xff garbage", b"\x0a\x80"]
+# Every method the replica serves. HandleReloadConfigRequest is safe here: nothing that fails to
+# parse can reach the reload.
+RAW_METHODS = [
+    "/tensorflow.serving.PredictionService/" + m
+    for m in ("Predict", "Classify", "Regress", "MultiInference", "GetModelMetadata")
+] + [
+    "/tensorflow.serving.ModelService/GetModelStatus",
+    "/tensorflow.serving.ModelService/HandleReloadConfigRequest",
+]
+
+
+@pytest.mark.parametrize("method", RAW_METHODS)
+def test_unparsable_request_is_internal_as_grpc_cpp(
+    replica: ReplicaProc, channel: grpc.Channel, method: str
+) -> None:
+    """gRPC C++ (TF Serving) answers INTERNAL with empty details when a request does not parse;
+    grpc.aio on its own would answer UNKNOWN "Unexpected DecodeError". No servicer code runs, so
+    nothing is counted."""
+    before = replica.request_count("")
+    raw = channel.unary_unary(method)  # no serializer: the bytes go out as they are
+    for garbage in UNPARSABLE:
+        with pytest.raises(grpc.RpcError) as info:
+            raw(garbage, timeout=10)
+        assert (info.value.code(), info.value.details()) == (grpc.StatusCode.INTERNAL, "")
+    assert replica.request_count("") == before
+    status = get_model_status_pb2.GetModelStatusRequest()
+    status.model_spec.name = "half_plus_two"
+    answer = model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(status, timeout=10)
+    assert [v.state for v in answer.model_version_status] == [30, 30]  # still serving
+
+
 # ---------------------------------------------------------------- knobs and metrics
 
 
