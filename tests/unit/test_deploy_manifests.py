@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from gateway.config import ConfigError, GatewayConfig, parse_config
+from gateway.config import ConfigError, GatewayConfig, Limits, parse_config
 from gateway.scaling import policy_from_mapping
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -202,6 +202,89 @@ def test_gateway_deployment_matches_its_config(tmp_path: Path) -> None:
     assert grace > cfg.limits.drain_s
 
 
+GRACE_MARGIN_S = 5  # what a grace period leaves beyond the waits it must cover, at least
+
+
+def drain_limits() -> tuple[float, float]:
+    """(limits.drain_delay_s, limits.drain_s) of the k8s gateway config, as written there."""
+    limits = gateway_config()["limits"]
+    delay, drain = float(limits["drain_delay_s"]), float(limits["drain_s"])
+    assert delay > 0 and drain > 0  # both set on purpose, not left to defaults
+    parsed = Limits.model_validate(limits)  # the gateway reads them as written
+    assert (parsed.drain_delay_s, parsed.drain_s) == (delay, drain)
+    return delay, drain
+
+
+def test_gateway_grace_period_covers_drain_delay_and_drain() -> None:
+    delay, drain = drain_limits()
+    spec = find("Deployment", "infergate", "infergate")["spec"]["template"]["spec"]
+    assert spec["terminationGracePeriodSeconds"] >= delay + drain + GRACE_MARGIN_S
+    # The delay before closing lives in the gateway (drain_delay_s, with GOAWAY and Connection:
+    # close); a preStop would hold SIGTERM back and add time the grace period does not cover.
+    [c] = spec["containers"]
+    assert "preStop" not in c.get("lifecycle", {})
+
+
+def tfserving_drain_hook() -> tuple[Obj, Obj, list[str]]:
+    """(StatefulSet pod spec, tfserving container, its preStop command)."""
+    sts = find("StatefulSet", "tfserving", "infergate")
+    spec = sts["spec"]["template"]["spec"]
+    [c] = [c for c in spec["containers"] if c["name"] == "tfserving"]
+    command: list[str] = c["lifecycle"]["preStop"]["exec"]["command"]
+    return spec, c, command
+
+
+def mounted_file(spec: Obj, container: Obj, path: str) -> tuple[Obj, str]:
+    """The volume that holds `path` in `container`, and the key of that file in it."""
+    directory, key = posixpath.split(path)
+    [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == directory]
+    assert mount.get("readOnly") is True and "subPath" not in mount
+    [volume] = [v for v in spec["volumes"] if v["name"] == mount["name"]]
+    return volume, key
+
+
+def test_tfserving_prestop_drains_itself_on_every_gateway_pod(tmp_path: Path) -> None:
+    spec, c, command = tfserving_drain_hook()
+    bound, script, host, port, token_file, wait = command[1], command[3], *command[4:]
+    assert command[0] == "timeout" and command[2] == "bash" and len(command) == 8
+    # The script is the ConfigMap's, mounted into this container (the image has bash, no curl).
+    volume, key = mounted_file(spec, c, script)
+    assert find("ConfigMap", volume["configMap"]["name"], "infergate")["data"][key].startswith("#!/bin/bash")
+    # Every gateway pod, through a headless Service on the gateway's admin port.
+    svc_name, ns = host.split(".")[:2]
+    assert host == f"{svc_name}.{ns}.svc.cluster.local"
+    svc = find("Service", svc_name, ns)
+    assert svc["spec"]["clusterIP"] == "None" and svc["spec"].get("publishNotReadyAddresses") is True
+    dep = find("Deployment", "infergate", "infergate")
+    assert matches(svc["spec"]["selector"], dep["spec"]["template"]["metadata"]["labels"])
+    [svc_port] = [p for p in svc["spec"]["ports"] if p["port"] == int(port)]
+    assert port_exists(dep, svc_port["targetPort"])
+    cfg = k8s_gateway_config(tmp_path)
+    assert cfg.listen.admin == f"0.0.0.0:{port}"
+    # The same Secret the gateway reads its admin token from.
+    volume, key = mounted_file(spec, c, token_file)
+    [gw_secret] = [v["secret"] for v in dep["spec"]["template"]["spec"]["volumes"] if "secret" in v]
+    assert volume["secret"]["secretName"] == gw_secret["secretName"]
+    assert key == posixpath.basename(gateway_config()["admin_token_file"])
+    # The replica name the gateway uses is the pod's name (test_gateway_replicas_are_the_statefulset_pods).
+    [env] = [e for e in c["env"] if e["name"] == "POD_NAME"]
+    assert env["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    # Waits as long as the gateway gives calls in flight; the grace period covers the hard bound.
+    _, drain = drain_limits()
+    assert drain <= float(wait) < float(bound)
+    assert spec["terminationGracePeriodSeconds"] >= float(bound) + GRACE_MARGIN_S
+
+
+def test_drain_script_calls_the_admin_drain_endpoint() -> None:
+    spec, c, command = tfserving_drain_hook()
+    volume, key = mounted_file(spec, c, command[3])
+    script = find("ConfigMap", volume["configMap"]["name"], "infergate")["data"][key]
+    assert 'exchange POST "$address" "/api/replicas/$name/drain"' in script
+    assert 'exchange GET "$address" /api/replicas)' in script
+    assert "Authorization: Bearer %s" in script
+    assert "name=${POD_NAME:-$HOSTNAME}" in script
+
+
 def test_gateway_config_needs_its_admin_token() -> None:
     doc = gateway_config()
     # As shipped the file is absent here, and without it the admin address is refused outright.
@@ -327,6 +410,12 @@ def test_networkpolicy_guards_the_admin_port_of_the_gateway_pods() -> None:
     open_rule, admin_rule = np["spec"]["ingress"]
     assert "from" not in open_rule and {p["port"] for p in open_rule["ports"]} == {8500, 8501}
     assert [p["port"] for p in admin_rule["ports"]] == [9901] and admin_rule["from"]
+    # The TF Serving pods' preStop hook drains them through the admin API.
+    sts = find("StatefulSet", "tfserving", "infergate")
+    peers = [
+        p["podSelector"] for p in admin_rule["from"] if "podSelector" in p and "namespaceSelector" not in p
+    ]
+    assert any(matches(p["matchLabels"], sts["spec"]["template"]["metadata"]["labels"]) for p in peers)
 
 
 def test_compose_services_and_gateway_config(tmp_path: Path) -> None:
