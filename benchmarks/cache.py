@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
                 "models:\n  half_plus_two:\n    balance: least_loaded\n"
                 + (f"    {cache}\n" if cache else ""))
             start(f"gateway-{name}",
-                  [sys.executable, "-m", "gateway.cli", "run", "--config", str(cfg)], "0")
+                  [sys.executable, "-m", "gateway.commands.cli", "run", "--config", str(cfg)], "0")
             wait_ok(f"http://127.0.0.1:{admin}/readyz", 30)
         fixed, unique = work / "fixed.lua", work / "unique.lua"
         fixed.write_text(FIXED)

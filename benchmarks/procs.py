@@ -115,7 +115,7 @@ def start_gateway(procs: Procs, name: str, config: Path, cpu: str, admin_port: i
                   workers: int = 1) -> tuple[subprocess.Popen[bytes], float]:
     """Start a gateway and wait for /readyz; returns the process and seconds from exec to ready."""
     t0 = time.monotonic()
-    cmd = [sys.executable, "-m", "gateway.cli", "--log-level", "WARNING", "run", "--config",
+    cmd = [sys.executable, "-m", "gateway.commands.cli", "--log-level", "WARNING", "run", "--config",
            str(config)]
     if workers > 1:
         cmd += ["--workers", str(workers)]

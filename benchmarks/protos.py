@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 
-from gateway.wire import encode_varint
+from gateway.core.wire import encode_varint
 
 MODEL = "half_plus_two"
 REST_PREDICT_BODY = b'{"instances": [1.0, 2.0, 5.0]}'

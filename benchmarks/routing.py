@@ -19,9 +19,9 @@ import sys
 import time
 from pathlib import Path
 
-from gateway.call import Answer, Call
-from gateway.replicas import ReplicaState
-from gateway.wire import RestRequest, parse_rest_path
+from gateway.core.call import Answer, Call
+from gateway.core.wire import RestRequest, parse_rest_path
+from gateway.fleet.replicas import ReplicaState
 
 
 class InstantForwarder:
@@ -33,9 +33,12 @@ class InstantForwarder:
     def retryable(self, answer: Answer) -> bool:
         return False
 
+    async def close(self) -> None:
+        return None
+
 
 async def measure(config: Path, calls: int) -> tuple[float, float]:
-    from gateway.app import Gateway
+    from gateway.app.gateway import Gateway
     from gateway.config import load_config
 
     gw = Gateway(load_config(config), None)

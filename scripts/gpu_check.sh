@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU check for `infergate agent`, for a machine with an NVIDIA GPU and driver.
 #
-# Starts the agent from this source tree (python -m gateway.agent, nothing else of the project is
+# Starts the agent from this source tree (python -m gateway.commands.agent, nothing else of the project is
 # needed), scrapes /metrics and asserts that NVML is available and that every
 # DCGM_FI_DEV_GPU_UTIL sample lies in 0..100. Prints what it read next to nvidia-smi's view.
 #
@@ -35,7 +35,7 @@ if ! "$PY" -c 'import aiohttp, pynvml' 2>/dev/null; then
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
-"$PY" -m gateway.agent --listen 127.0.0.1:0 --interval 0.5 >"$work/out" 2>"$work/err" &
+"$PY" -m gateway.commands.agent --listen 127.0.0.1:0 --interval 0.5 >"$work/out" 2>"$work/err" &
 pid=$!
 url=""
 for _ in $(seq 1 300); do

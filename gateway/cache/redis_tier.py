@@ -45,7 +45,7 @@ _REDIS_FAILURES = (RedisError, OSError, TimeoutError)
 
 
 class Spawn(Protocol):
-    """Starts a named background task and keeps a reference to it (gateway.tasks.spawn)."""
+    """Starts a named background task and keeps a reference to it (gateway.core.tasks.spawn)."""
 
     def __call__(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]: ...
 

@@ -10,8 +10,7 @@ clock or imports anything outside the standard library and `gateway.scaling`.
 - `window`: `SignalWindow`, the request-path aggregator for p95 latency and rps.
 """
 
-from gateway.scaling.controller import SIGNAL_KEYS, ScaleController, ScaleDecision, Signals
-from gateway.scaling.policy import (
+from gateway.config.autoscale import (
     DEFAULT_DOWN,
     DEFAULT_UP,
     METRICS,
@@ -23,6 +22,7 @@ from gateway.scaling.policy import (
     validate_rate_policy,
     validate_thresholds,
 )
+from gateway.scaling.controller import SIGNAL_KEYS, ScaleController, ScaleDecision, Signals
 from gateway.scaling.window import SignalWindow
 
 __all__ = [

@@ -24,6 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Literal
 
+from gateway.config.autoscale import METRICS, PoolScalePolicy
 from gateway.scaling.hpa import (
     Recommendation,
     ScaleEvent,
@@ -32,7 +33,6 @@ from gateway.scaling.hpa import (
     scale_up_limit,
     stabilize,
 )
-from gateway.scaling.policy import METRICS, PoolScalePolicy
 
 Direction = Literal["up", "down", "hold"]
 JsonNumber = int | float | None

@@ -24,7 +24,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from gateway.scaling.policy import RatePolicy, SelectPolicy
+from gateway.config.autoscale import RatePolicy, SelectPolicy
 
 
 @dataclass(frozen=True, slots=True)

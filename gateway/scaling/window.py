@@ -122,3 +122,29 @@ class SignalWindow:
     def p95_ms(self, now: float) -> float | None:
         """95th percentile latency in ms over the window; None when no request completed."""
         return self.quantile(0.95, now)
+
+    def snapshot(self, now: float) -> tuple[int, float, dict[int, int]]:
+        """(requests, rps, histogram as {bucket: count}) over the window: what one process
+        publishes so that a fleet's windows can be merged (`merged_quantile`). Buckets of windows
+        with the same `sub_buckets` line up, so sums of snapshots are the fleet's histogram."""
+        hist: dict[int, int] = {}
+        for i in self._live(now):
+            for idx, c in enumerate(self._hists[i]):
+                if c:
+                    hist[idx] = hist.get(idx, 0) + c
+        return self.count(now), self.rps(now), hist
+
+    def merged_quantile(self, hist: dict[int, int], q: float) -> float | None:
+        """The q-quantile of a histogram summed from snapshots (same layout as this window)."""
+        total = sum(hist.values())
+        if total == 0:
+            return None
+        rank = max(1, math.ceil(q * total))
+        seen = 0
+        for idx in sorted(hist):
+            c = hist[idx]
+            if c and seen + c >= rank:
+                low, high = self._bounds(idx)
+                return low + (high - low) * (rank - seen) / c
+            seen += c
+        return None

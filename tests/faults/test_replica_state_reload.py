@@ -8,7 +8,7 @@ by two new entries.
 from __future__ import annotations
 
 from gateway.config import Replica
-from gateway.replicas import ReplicaSet
+from gateway.fleet.replicas import ReplicaSet
 
 
 def cfg(name: str, port: int) -> Replica:

@@ -8,7 +8,7 @@ intended behaviour with a fake clock (the budget is a pure component: time is pa
 
 from __future__ import annotations
 
-from gateway.budget import RetryBudget
+from gateway.routing.budget import RetryBudget
 
 
 class FakeClock:

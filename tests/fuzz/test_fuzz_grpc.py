@@ -24,7 +24,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.wire import encode_varint
+from gateway.core.wire import encode_varint
 from tests.fuzz.conftest import rss_kib
 from tests.integration.gwproc import GatewayProc
 from tests.support.procs import ReplicaProc
@@ -50,7 +50,7 @@ SERVER_SIDE = {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCod
                grpc.StatusCode.DATA_LOSS, grpc.StatusCode.DEADLINE_EXCEEDED}
 
 
-# ---- protobuf by hand (varints from gateway.wire) --------------------------------------------
+# ---- protobuf by hand (varints from gateway.core.wire) --------------------------------------------
 
 def field(number: int, wire: int, payload: bytes | int) -> bytes:
     tag = encode_varint(number << 3 | wire)

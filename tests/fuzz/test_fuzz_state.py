@@ -10,9 +10,10 @@ from typing import Any
 
 import grpc
 
-from gateway.app import Runtime
 from gateway.config import parse_config
-from gateway.ingress_grpc import METHODS, GrpcIngress
+from gateway.routing.runtime import Runtime
+from gateway.transport.compat.grpc_ingress import GrpcIngress
+from gateway.transport.grpc_methods import METHODS
 
 NAMES = 3000
 
@@ -26,7 +27,7 @@ def test_routers_of_unknown_model_names_are_not_kept() -> None:
 
 
 def test_grpc_handlers_for_unknown_method_paths_are_not_kept() -> None:
-    ingress = GrpcIngress(gw=None)  # type: ignore[arg-type]  # service() never touches gw
+    ingress = GrpcIngress(ingress=None)  # type: ignore[arg-type]  # service() never uses it
     for path in METHODS:
         assert ingress.service(SimpleNamespace(method=path)) is not None  # type: ignore[arg-type]
     for i in range(NAMES):

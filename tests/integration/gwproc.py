@@ -41,7 +41,25 @@ class GatewayProc:
                  ready_timeout: float = 30.0, wait_ready: bool = True,
                  listen: dict[str, Any] | None = None) -> None:
         """`listen`: keys added to the listen section (engine, busy_poll_us, ...); the addresses
-        are always free ports on 127.0.0.1."""
+        are always free ports on 127.0.0.1. A port taken between choosing it and binding it
+        (another process's outgoing connection may get it) is chosen again, up to 3 times."""
+        self.workdir = workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.config_path = workdir / f"{name}.yaml"
+        self.log_path = workdir / f"{name}.log"
+        for attempt in range(3):
+            self._start(cfg, listen)
+            if not wait_ready:
+                return
+            try:
+                self.wait_ready(ready_timeout)
+                return
+            except RuntimeError:
+                if attempt == 2 or "address already in use" not in self.log():
+                    raise
+                self._log.close()
+
+    def _start(self, cfg: dict[str, Any], listen: dict[str, Any] | None) -> None:
         self.rest_port, self.grpc_port, self.admin_port = free_port(), free_port(), free_port()
         cfg = dict(cfg)
         tls = cfg.pop("tls", None)
@@ -52,20 +70,14 @@ class GatewayProc:
             cfg["listen"]["tls"] = tls
         cfg.setdefault("health", {"interval_s": 0.5, "timeout_s": 1.0, "metrics_interval_s": 0.5})
         self.cfg = cfg
-        self.workdir = workdir
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.config_path = workdir / f"{name}.yaml"
         self.write_config(cfg)
-        self.log_path = workdir / f"{name}.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gateway.cli", "run", "--config", str(self.config_path)],
+            [sys.executable, "-m", "gateway.commands.cli", "run", "--config", str(self.config_path)],
             stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         self.pid = self.proc.pid
-        if wait_ready:
-            self.wait_ready(ready_timeout)
 
     @property
     def rest_url(self) -> str:

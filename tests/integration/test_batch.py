@@ -37,7 +37,7 @@ def instance(i: int) -> float:
 
 def run_batch(*args: str, timeout: float = 150.0) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "gateway.cli", "batch", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "gateway.commands.cli", "batch", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 

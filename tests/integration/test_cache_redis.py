@@ -19,7 +19,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from gateway.cache import Entry, PredictionCache, cache_key, encode_entry
-from gateway.tasks import spawn
+from gateway.core.tasks import spawn
 
 pytestmark = [
     pytest.mark.integration,

@@ -10,7 +10,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_demo_runs_and_stops_everything(tmp_path: pathlib.Path) -> None:
-    res = subprocess.run([sys.executable, "-m", "gateway.cli", "demo", "--duration", "1",
+    res = subprocess.run([sys.executable, "-m", "gateway.commands.cli", "demo", "--duration", "1",
                           "--workdir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True,
                          timeout=240)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]

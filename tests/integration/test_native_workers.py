@@ -55,7 +55,7 @@ def test_two_workers_share_the_ports(fleet: Fleet, tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(cfg))
     log = open(tmp_path / "gw.log", "wb")  # noqa: SIM115
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "run", "--config", str(path),
+    proc = subprocess.Popen([sys.executable, "-m", "gateway.commands.cli", "run", "--config", str(path),
                              "--workers", "2"], stdout=log, stderr=subprocess.STDOUT, env=env,
                             cwd=ROOT)
     try:

@@ -1,7 +1,7 @@
 """Driving a canary rollout by hand, and rollouts that outlive a gateway process.
 
 Pause, resume, abort and promote through the admin API and through `infergate rollout`
-(`python -m gateway.cli rollout ACTION MODEL --admin URL`); a gateway restarted in the middle of
+(`python -m gateway.commands.cli rollout ACTION MODEL --admin URL`); a gateway restarted in the middle of
 a rollout (state in a `state_file:`, or in Redis) continues at the same step; two gateways on one
 Redis see the same step and the same operator actions.
 
@@ -53,7 +53,7 @@ def act(gw: GatewayProc, action: str, reason: str | None = None) -> tuple[int, A
 
 
 def cli(*args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway.cli", "rollout", *args],
+    return subprocess.run([sys.executable, "-m", "gateway.commands.cli", "rollout", *args],
                           cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from gateway.agent import CpuSampler, GpuReading, Snapshot, render
+from gateway.commands.agent import CpuSampler, GpuReading, Snapshot, render
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -38,7 +38,7 @@ def _read_first_line(stream: object, timeout: float) -> str:
 def agent() -> Iterator[tuple[subprocess.Popen[str], str]]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gateway.agent", "--listen", "127.0.0.1:0", "--interval", "0.2"],
+        [sys.executable, "-m", "gateway.commands.agent", "--listen", "127.0.0.1:0", "--interval", "0.2"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -104,7 +104,7 @@ def test_agent_refuses_a_busy_port() -> None:
         s.listen()
         port = s.getsockname()[1]
         done = subprocess.run(
-            [sys.executable, "-m", "gateway.agent", "--listen", f"127.0.0.1:{port}"],
+            [sys.executable, "-m", "gateway.commands.agent", "--listen", f"127.0.0.1:{port}"],
             cwd=ROOT,
             env={**os.environ, "PYTHONPATH": str(ROOT)},
             capture_output=True,
@@ -138,7 +138,7 @@ def test_render_matches_dcgm_exporter_and_the_gateway_parser() -> None:
     assert samples[("infergate_agent_nvml_available", "")][1] == 1.0
     assert samples[("infergate_agent_gpus", "")][1] == 2.0
     assert samples[("infergate_agent_nvml_errors_total", "")][1] == 2.0
-    from gateway.health import parse_load_metrics
+    from gateway.fleet.health import parse_load_metrics
 
     gpu_util, mem, cpu = parse_load_metrics(text)
     assert gpu_util == pytest.approx(0.5)

@@ -1,4 +1,4 @@
-"""gateway.busypoll.BusyPoller: the loop polls without sleeping while calls are in flight and for
+"""gateway.transport.busypoll.BusyPoller: the loop polls without sleeping while calls are in flight and for
 a window after the last one, then sleeps again."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import asyncio
 
 import pytest
 
-from gateway.busypoll import BusyPoller
 from gateway.config import ConfigError, parse_config
+from gateway.transport.busypoll import BusyPoller
 
 
 def test_polls_while_busy_then_stops_once_the_window_has_passed() -> None:

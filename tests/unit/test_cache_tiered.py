@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from gateway.cache import Entry, PredictionCache, cache_key
-from gateway.tasks import spawn
+from gateway.core.tasks import spawn
 
 
 class FakeClock:

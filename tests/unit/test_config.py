@@ -89,7 +89,7 @@ def test_missing_file_and_non_mapping(tmp_path: Path) -> None:
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "gateway.cli", *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "gateway.commands.cli", *args], capture_output=True,
                           text=True, cwd=ROOT, timeout=60)
 
 

@@ -9,7 +9,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from gateway.metrics import Metrics
+from gateway.core.metrics import Metrics
 
 DASHBOARD = Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "infergate.json"
 

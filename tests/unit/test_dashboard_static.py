@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-PAGE = Path(__file__).resolve().parents[2] / "gateway" / "dashboard.html"
+PAGE = Path(__file__).resolve().parents[2] / "gateway" / "app" / "dashboard.html"
 ENDPOINTS = ["/api/replicas", "/api/models", "/api/traffic", "/api/rollouts", "/api/cache", "/api/scale"]
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 

@@ -1,11 +1,11 @@
-"""gateway.deadlines.DeadlineTimer: one timer for many deadlines, armed at the earliest."""
+"""gateway.core.deadlines.DeadlineTimer: one timer for many deadlines, armed at the earliest."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 
-from gateway.deadlines import SLACK_S, DeadlineTimer
+from gateway.core.deadlines import SLACK_S, DeadlineTimer
 
 
 class Owner:

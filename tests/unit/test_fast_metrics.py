@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 
-from gateway.metrics import LATENCY_BUCKETS, FastCounter, FastHistogram, Metrics
+from gateway.core.metrics import LATENCY_BUCKETS, FastCounter, FastHistogram, Metrics
 
 CREATED = re.compile(r"^(\S+_created(?:\{[^}]*\})?) \S+$", re.M)
 

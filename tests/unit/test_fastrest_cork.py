@@ -1,4 +1,4 @@
-"""gateway.fastrest.cork: the first write of an iteration leaves at once, the rest at its end,
+"""gateway.transport.native_rest.cork: the first write of an iteration leaves at once, the rest at its end,
 each connection's bytes in order."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import cast
 
-from gateway.fastrest.cork import Cork, CorkedOutput
+from gateway.transport.native_rest.cork import Cork, CorkedOutput
 
 
 class Sink:

@@ -1,4 +1,4 @@
-"""gateway.fastrest.pool and .forwarder against scripted replicas on real loopback sockets:
+"""gateway.transport.native_rest.pool and .forwarder against scripted replicas on real loopback sockets:
 keep-alive reuse, a replica closing an idle connection under a request, timeouts, chunked,
 close-delimited and interim answers, malformed answers, and what the forwarder puts on the wire."""
 
@@ -11,13 +11,13 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from gateway.call import Call
 from gateway.config import Replica
-from gateway.errors import DeadlineExceeded, ReplicaUnavailable
-from gateway.fastrest.forwarder import NativeRestForwarder
-from gateway.fastrest.pool import HostPool, UpstreamError, UpstreamTimeout
-from gateway.replicas import ReplicaState
-from gateway.wire import RestRequest, parse_rest_path
+from gateway.core.call import Call
+from gateway.core.errors import DeadlineExceeded, ReplicaUnavailable
+from gateway.core.wire import RestRequest, parse_rest_path
+from gateway.fleet.replicas import ReplicaState
+from gateway.transport.native_rest.forwarder import NativeRestForwarder
+from gateway.transport.native_rest.pool import HostPool, UpstreamError, UpstreamTimeout
 
 OK = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nServer: x\r\nContent-Length: 2\r\n\r\n{}"
 RELAY = frozenset({"content-type", "content-encoding"})

@@ -1,4 +1,4 @@
-"""gateway.fastrest.server over real loopback sockets: framing, keep-alive, pipelining order,
+"""gateway.transport.native_rest.server over real loopback sockets: framing, keep-alive, pipelining order,
 chunked and Content-Length bodies, Expect: 100-continue, the body and head limits, slow clients
 and a client that goes away. The app under test echoes what the framing layer handed it."""
 
@@ -10,8 +10,8 @@ from typing import Any
 
 import orjson
 
-from gateway.fastrest import HttpRequest, ServerLimits, serve_http
-from gateway.fastrest.server import Response, header_lines
+from gateway.transport.native_rest import HttpRequest, ServerLimits, serve_http
+from gateway.transport.native_rest.http1 import Response, header_lines
 
 
 class EchoApp:

@@ -1,4 +1,4 @@
-"""gateway.http2.frames: the reader against arbitrary splits and arbitrary bytes, padding and
+"""gateway.transport.native_grpc.frames: the reader against arbitrary splits and arbitrary bytes, padding and
 priority fields, and the encoders' framing (CONTINUATION and DATA splitting)."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.http2 import frames as f
-from gateway.http2.frames import FrameReader, ProtocolError
+from gateway.transport.native_grpc import frames as f
+from gateway.transport.native_grpc.frames import FrameReader, ProtocolError
 
 
 def test_frames_survive_any_split() -> None:

@@ -1,8 +1,8 @@
 """The native HTTP/2 layer against grpcio, both ways, over real loopback sockets:
-- grpc.aio clients calling a gateway.http2 server (unary calls, 12 MB messages each way, error
+- grpc.aio clients calling a gateway.transport.native_grpc server (unary calls, 12 MB messages each way, error
   statuses with details and binary trailing metadata, deadlines and cancellation reaching the
   handler, many concurrent streams on one connection);
-- the gateway.http2 gRPC forwarder calling a grpc.aio server (the same, plus the server's
+- the gateway.transport.native_grpc gRPC forwarder calling a grpc.aio server (the same, plus the server's
   graceful shutdown), and a server that sends GOAWAY under an unanswered stream (the call is
   sent again on a new connection and not lost)."""
 
@@ -17,25 +17,25 @@ from typing import Any
 import grpc
 import pytest
 
-from gateway.call import Call
 from gateway.config import Replica
-from gateway.deadlines import SLACK_S
-from gateway.errors import DeadlineExceeded, ReplicaUnavailable
-from gateway.http2 import H2Limits, NativeGrpcForwarder, serve_h2
-from gateway.http2 import frames as f
-from gateway.http2 import grpcwire as g
-from gateway.http2.hpack import HpackEncoder
-from gateway.http2.server import H2ServerConnection
-from gateway.http2.stream import Stream
-from gateway.replicas import ReplicaState
-from gateway.tasks import spawn
+from gateway.core.call import Call
+from gateway.core.deadlines import SLACK_S
+from gateway.core.errors import DeadlineExceeded, ReplicaUnavailable
+from gateway.core.tasks import spawn
+from gateway.fleet.replicas import ReplicaState
+from gateway.transport.native_grpc import H2Limits, NativeGrpcForwarder, serve_h2
+from gateway.transport.native_grpc import frames as f
+from gateway.transport.native_grpc import grpcwire as g
+from gateway.transport.native_grpc.hpack import HpackEncoder
+from gateway.transport.native_grpc.server import H2ServerConnection
+from gateway.transport.native_grpc.stream import Stream
 
 BIG = 12 * 1024 * 1024
 OPTS = [("grpc.max_send_message_length", 64 << 20), ("grpc.max_receive_message_length", 64 << 20)]
 
 
 class EchoApp:
-    """A gRPC server app on gateway.http2.server: /t.Echo/{Echo,Big,Error,Sleep,GoAway}."""
+    """A gRPC server app on gateway.transport.native_grpc.server: /t.Echo/{Echo,Big,Error,Sleep,GoAway}."""
 
     max_body = 64 << 20
 
@@ -103,7 +103,7 @@ def with_server(test: Callable[[str, EchoApp], Awaitable[None]]) -> None:
     asyncio.run(main())
 
 
-# ---- grpcio clients -> gateway.http2 server ---------------------------------------------------
+# ---- grpcio clients -> gateway.transport.native_grpc server ------------------------------------
 
 def test_grpcio_client_unary_and_metadata() -> None:
     async def t(addr: str, app: EchoApp) -> None:
@@ -164,7 +164,7 @@ def test_grpcio_many_concurrent_streams_on_one_connection() -> None:
     with_server(t)
 
 
-# ---- gateway.http2 forwarder -> grpc.aio server ---------------------------------------------
+# ---- gateway.transport.native_grpc forwarder -> grpc.aio server --------------------------------
 
 class GrpcServer:
     def __init__(self) -> None:

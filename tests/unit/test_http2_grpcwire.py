@@ -1,4 +1,4 @@
-"""gateway.http2.grpcwire: grpc-timeout both ways, grpc-message percent-encoding, binary
+"""gateway.transport.native_grpc.grpcwire: grpc-timeout both ways, grpc-message percent-encoding, binary
 metadata, and the one-message rule of unary bodies (with gzip and its size limit)."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.http2 import grpcwire as g
+from gateway.transport.native_grpc import grpcwire as g
 
 
 def test_timeouts() -> None:

@@ -1,4 +1,4 @@
-"""gateway.http2.hpack against the hpack package as the reference: sequences of blocks (with
+"""gateway.transport.native_grpc.hpack against the hpack package as the reference: sequences of blocks (with
 indexing, Huffman, table size changes) decode to what hpack.Decoder decodes, our encoding
 decodes with hpack.Decoder, the memos replay correctly, the limits hold, and arbitrary bytes
 only ever raise HpackError."""
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.http2.hpack import (
+from gateway.transport.native_grpc.hpack import (
     HeaderListTooLarge,
     HpackDecoder,
     HpackEncoder,

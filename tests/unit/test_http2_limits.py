@@ -1,5 +1,5 @@
-"""gateway.http2.server against a raw HTTP/2 client on a loopback socket: the preface, SETTINGS
-and PING, flow control towards a client with a small window, graceful drain with two GOAWAYs,
+"""gateway.transport.native_grpc.server against a raw HTTP/2 client on a loopback socket: the
+preface, SETTINGS and PING, flow control towards a client with a small window, graceful drain with two GOAWAYs,
 and the abuse limits (rapid reset, CONTINUATION flood, HPACK bomb, PING and SETTINGS floods,
 too many streams, oversized bodies). Each abuse ends in GOAWAY with ENHANCE_YOUR_CALM or a
 REFUSED_STREAM reset, never in a hang or an exception."""
@@ -9,13 +9,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
-from gateway.http2 import H2Limits, serve_h2
-from gateway.http2 import frames as f
-from gateway.http2.frames import FrameReader
-from gateway.http2.hpack import HpackEncoder
-from gateway.http2.server import H2ServerConnection
-from gateway.http2.stream import Stream
-from gateway.tasks import spawn
+from gateway.core.tasks import spawn
+from gateway.transport.native_grpc import H2Limits, serve_h2
+from gateway.transport.native_grpc import frames as f
+from gateway.transport.native_grpc.frames import FrameReader
+from gateway.transport.native_grpc.hpack import HpackEncoder
+from gateway.transport.native_grpc.server import H2ServerConnection
+from gateway.transport.native_grpc.stream import Stream
 
 ENC = HpackEncoder()
 

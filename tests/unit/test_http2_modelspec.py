@@ -1,6 +1,6 @@
-"""gateway.http2.modelspec gives exactly gateway.wire's answers: generated requests (specs in any
-position, repeated, malformed, with unknown fields and every wire type) read and rewrite the same
-through the memo as through gateway.wire, first time and from the memo."""
+"""gateway.transport.native_grpc.modelspec gives exactly gateway.core.wire's answers: generated
+requests (specs in any position, repeated, malformed, with unknown fields and every wire type) read and rewrite the same
+through the memo as through gateway.core.wire, first time and from the memo."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import struct
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.http2.modelspec import SpecMemo, leading_spec_end
-from gateway.wire import WireError, encode_varint, read_spec, rewrite_version
+from gateway.core.wire import WireError, encode_varint, read_spec, rewrite_version
+from gateway.transport.native_grpc.modelspec import SpecMemo, leading_spec_end
 
 
 def _len(field: int, payload: bytes) -> bytes:

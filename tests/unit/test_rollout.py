@@ -10,7 +10,7 @@ from collections.abc import Callable
 import pytest
 
 from gateway.config import Rollout
-from gateway.rollout import RolloutController, RolloutError, Transition
+from gateway.rollout.controller import RolloutController, RolloutError, Transition
 
 Latency = Callable[[random.Random], float]
 

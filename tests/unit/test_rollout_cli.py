@@ -11,9 +11,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from gateway.commands.rollout import main
 from gateway.config import Rollout
-from gateway.rollout import RolloutController, RolloutError
-from gateway.rollout_cli import main
+from gateway.rollout.controller import RolloutController, RolloutError
 
 CTL = RolloutController("half_plus_two", Rollout(canary="canary", steps=[5, 25, 50, 100]),
                         stable_version=1, canary_version=2)

@@ -13,7 +13,7 @@ from tensorflow_serving.apis import (
     regression_pb2,
 )
 
-from gateway.rollout_compare import compare_predictions
+from gateway.rollout.compare import compare_predictions
 
 
 @pytest.mark.parametrize(("a", "b", "agree"), [

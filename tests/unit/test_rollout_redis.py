@@ -16,8 +16,8 @@ from collections.abc import Iterator
 import pytest
 
 from gateway.config import ModelConfig, Rollout
-from gateway.rollout_manager import RolloutManager
-from gateway.rollout_state import RedisRolloutStore
+from gateway.rollout.manager import RolloutManager
+from gateway.rollout.store import RedisRolloutStore
 
 pytestmark = pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not installed")
 

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from gateway.config import ModelConfig, Rollout
-from gateway.metrics import Metrics
-from gateway.rollout import RolloutController, RolloutError, Transition
-from gateway.rollout_manager import RolloutManager
-from gateway.rollout_state import FileRolloutStore, RedisRolloutStore, make_store
-from gateway.rollout_stats import LatencyHistogram, wilson_interval
+from gateway.core.metrics import Metrics
+from gateway.rollout.controller import RolloutController, RolloutError, Transition
+from gateway.rollout.manager import RolloutManager
+from gateway.rollout.stats import LatencyHistogram, wilson_interval
+from gateway.rollout.store import FileRolloutStore, RedisRolloutStore, make_store
 
 
 class FakeClock:

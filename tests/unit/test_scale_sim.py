@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.scale_sim import load_trace, main, simulate
+from gateway.commands.scale_simulate import load_trace, main, simulate
 from gateway.scaling import PoolScalePolicy
 from gateway.scaling.chart import Canvas, encode_png
 

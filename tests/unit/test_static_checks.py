@@ -38,7 +38,8 @@ def test_gateway_never_imports_tensorflow() -> None:
                  for p in (ROOT / d).rglob("*.py") if pattern.search(p.read_text())]
     assert offenders == []
     # And at run time: importing the whole gateway loads no TensorFlow module.
-    code = ("import sys, gateway.app, gateway.cli, gateway.agent, gateway.batch; "
+    code = ("import sys, gateway.app.gateway, gateway.commands.cli, gateway.commands.agent, "
+            "gateway.commands.batch; "
             "print([m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'tensorflow_serving')])")
     res = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          timeout=120)

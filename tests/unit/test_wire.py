@@ -1,4 +1,4 @@
-"""gateway.wire against the official protobuf classes: reading and rewriting the ModelSpec."""
+"""gateway.core.wire against the official protobuf classes: reading and rewriting the ModelSpec."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from tensorflow_serving.apis import (  # noqa: E402
     predict_pb2,
 )
 
-from gateway.errors import BadRequest  # noqa: E402
-from gateway.wire import (  # noqa: E402
+from gateway.core.errors import BadRequest  # noqa: E402
+from gateway.core.wire import (  # noqa: E402
     RestTarget,
     WireError,
     parse_rest_path,

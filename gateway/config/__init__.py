@@ -1,0 +1,73 @@
+"""The gateway's configuration: YAML in, a frozen and validated model out.
+
+- `schema`: the whole file as a frozen pydantic model (`GatewayConfig`), cross-checked;
+- `models`: one model's section (labels, routes, caches, rollout, ...); `base`: shared parts;
+- `autoscale`: the per-pool scale policy (thresholds, windows, rate policies) and its validation;
+- `loading`: file -> `GatewayConfig`, errors as "FILE: key.path: reason".
+
+What must always hold: this package imports nothing of the gateway but `gateway.core` and
+`policies` (for the names of registered balancers); every other package reads settings from a
+`GatewayConfig` it is handed, never from the file or the environment.
+"""
+
+from gateway.config.base import ConfigError
+from gateway.config.loading import json_schema, load_config, parse_config
+from gateway.config.models import (
+    ExactCache,
+    HeaderMatch,
+    Hedge,
+    Match,
+    ModelCache,
+    ModelConfig,
+    Rollout,
+    Route,
+    Shadow,
+    SimilarityCache,
+    Sticky,
+)
+from gateway.config.schema import (
+    Autoscale,
+    CacheStore,
+    GatewayConfig,
+    Health,
+    Limits,
+    Listen,
+    Outlier,
+    Replica,
+    Retries,
+    Thresholds,
+    Tls,
+    UpstreamTls,
+    Webhook,
+)
+
+__all__ = [
+    "Autoscale",
+    "CacheStore",
+    "ConfigError",
+    "ExactCache",
+    "GatewayConfig",
+    "HeaderMatch",
+    "Health",
+    "Hedge",
+    "Limits",
+    "Listen",
+    "Match",
+    "Outlier",
+    "ModelCache",
+    "ModelConfig",
+    "Replica",
+    "Retries",
+    "Rollout",
+    "Route",
+    "Shadow",
+    "SimilarityCache",
+    "Sticky",
+    "Thresholds",
+    "Tls",
+    "UpstreamTls",
+    "Webhook",
+    "json_schema",
+    "load_config",
+    "parse_config",
+]

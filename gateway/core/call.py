@@ -1,0 +1,105 @@
+"""The protocol-neutral request (`Call`) and answer (`Answer`) that flow through the pipeline.
+
+Ingresses turn REST requests and gRPC calls into a `Call`; upstream forwarders turn a `Call`
+plus a chosen replica and version back into protocol bytes. Nothing between them depends on the
+protocol except through the `Forwarder` seam.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Protocol
+
+REPLICA_HEADER = "x-infergate-replica"
+
+# Methods a replica may execute more than once without harm: retried and hedged.
+IDEMPOTENT = frozenset({"predict", "classify", "regress", "multi_inference", "metadata", "status"})
+
+
+@dataclass(slots=True)
+class Call:
+    protocol: str  # "rest" | "grpc"
+    method: str  # predict | classify | regress | multi_inference | metadata | status | reload
+    model: str | None
+    version: int | None
+    label: str | None
+    signature: str
+    headers: Mapping[str, str]  # lower-case names
+    body: bytes
+    deadline: float | None  # monotonic seconds; None: the model's default timeout applies
+    extra: object = None  # ingress-specific data (the REST target, the gRPC method path)
+
+
+@dataclass(slots=True)
+class Answer:
+    """An answer in the caller's protocol.
+
+    REST: `status` is the HTTP status and `headers` the response headers to replay.
+    gRPC: `status` is the numeric status code (0 = OK), `headers` the initial metadata,
+    `trailers` the trailing metadata and `details` the status message.
+    """
+
+    status: int
+    body: bytes = b""
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    trailers: tuple[tuple[str, str | bytes], ...] = ()
+    details: str = ""
+    replica: str = ""
+    version: int | None = None
+    cache: str = "miss"
+    arm: str = ""  # the split arm that chose the target (for traffic stats and rollouts)
+
+    @classmethod
+    def from_cache(cls, status: int, body: bytes, headers: tuple[tuple[str, str], ...],
+                   version: int, arm: str) -> Answer:
+        """Replay a cached answer; the serving replica was stored as a pseudo-header."""
+        replica = ""
+        replay: list[tuple[str, str]] = []
+        for k, v in headers:
+            if k == REPLICA_HEADER:
+                replica = v
+            else:
+                replay.append((k, v))
+        return cls(status, body, replay, replica=replica, version=version, cache="hit", arm=arm)
+
+    def cache_headers(self) -> tuple[tuple[str, str], ...]:
+        """Headers to store with a cached copy (the replica kept as a pseudo-header)."""
+        return tuple(self.headers) + ((REPLICA_HEADER, self.replica),)
+
+    def ok(self, protocol: str) -> bool:
+        return self.status == 0 if protocol == "grpc" else 200 <= self.status < 300
+
+    def code_label(self, protocol: str) -> str:
+        return str(self.status)
+
+
+class Addresses(Protocol):
+    @property
+    def rest(self) -> str | None: ...
+
+    @property
+    def grpc(self) -> str | None: ...
+
+
+class Upstream(Protocol):
+    """A replica as a forwarder sees it: a name and its addresses (gateway.fleet's
+    ReplicaState is one)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def cfg(self) -> Addresses: ...
+
+
+class Forwarder(Protocol):
+    """Sends a call to one replica in the call's protocol. Connection failures raise
+    ReplicaUnavailable; a remote error status is an Answer, not an exception."""
+
+    async def send(self, call: Call, replica: Upstream, version: int | None,
+                   timeout: float) -> Answer: ...
+
+    def retryable(self, answer: Answer) -> bool: ...
+
+    async def close(self) -> None: ...

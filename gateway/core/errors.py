@@ -1,0 +1,107 @@
+"""Typed gateway errors and the one table that maps them to gRPC codes and HTTP statuses.
+
+Errors raised by the gateway itself (not relayed from a replica) are instances of `GatewayError`.
+Each carries a gRPC status code; the HTTP status follows TF Serving's own mapping
+(TFSERVING.md), and the REST body is TF Serving's shape: {"error": "<message>"}.
+Messages never carry a stack trace or an internal address.
+"""
+
+from __future__ import annotations
+
+import grpc
+import orjson
+
+# TF Serving's mapping of gRPC codes to HTTP statuses (util/status_util / http_rest_api_handler).
+GRPC_TO_HTTP: dict[grpc.StatusCode, int] = {
+    grpc.StatusCode.OK: 200,
+    grpc.StatusCode.CANCELLED: 499,
+    grpc.StatusCode.UNKNOWN: 500,
+    grpc.StatusCode.INVALID_ARGUMENT: 400,
+    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
+    grpc.StatusCode.NOT_FOUND: 404,
+    grpc.StatusCode.ALREADY_EXISTS: 409,
+    grpc.StatusCode.PERMISSION_DENIED: 403,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
+    grpc.StatusCode.FAILED_PRECONDITION: 400,
+    grpc.StatusCode.ABORTED: 409,
+    grpc.StatusCode.OUT_OF_RANGE: 400,
+    grpc.StatusCode.UNIMPLEMENTED: 501,
+    grpc.StatusCode.INTERNAL: 500,
+    grpc.StatusCode.UNAVAILABLE: 503,
+    grpc.StatusCode.DATA_LOSS: 500,
+    grpc.StatusCode.UNAUTHENTICATED: 401,
+}
+
+CODE_BY_VALUE: dict[int, grpc.StatusCode] = {c.value[0]: c for c in grpc.StatusCode}
+
+# TF Serving cuts error messages longer than this.
+MAX_MESSAGE = 1024
+
+
+class GatewayError(Exception):
+    """An error the gateway answers itself."""
+
+    code: grpc.StatusCode = grpc.StatusCode.INTERNAL
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message[:MAX_MESSAGE]
+
+    @property
+    def http_status(self) -> int:
+        return GRPC_TO_HTTP.get(self.code, 500)
+
+    def rest_body(self) -> bytes:
+        return rest_error_body(self.message)
+
+
+class BadRequest(GatewayError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class NotFound(GatewayError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class NoReplica(GatewayError):
+    """No healthy replica has the requested model version AVAILABLE."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class ReplicaUnavailable(GatewayError):
+    """A replica could not be reached or dropped the call (connection-level failure)."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+class ConnectFailed(ReplicaUnavailable):
+    """The connection to a replica could not be opened (refused, unreachable, connect timeout):
+    the request never left, so any call may go to another replica, and the replica is down."""
+
+
+class DeadlineExceeded(GatewayError):
+    code = grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+class Overloaded(GatewayError):
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+class PayloadTooLarge(GatewayError):
+    """Body over the configured limit. REST answers 413; gRPC RESOURCE_EXHAUSTED."""
+
+    code = grpc.StatusCode.RESOURCE_EXHAUSTED
+
+    @property
+    def http_status(self) -> int:
+        return 413
+
+
+class Unauthenticated(GatewayError):
+    code = grpc.StatusCode.UNAUTHENTICATED
+
+
+def rest_error_body(message: str) -> bytes:
+    """TF Serving's REST error shape."""
+    return orjson.dumps({"error": message[:MAX_MESSAGE]})
