@@ -44,9 +44,10 @@ def counter_total(g: GatewayProc, name: str) -> int:
 
 
 def start_load(drill: str, client: ClientFactory, *, rate: float | None = RATE,
-               concurrency: int = CONCURRENCY, warmup: int = PHASE) -> Load:
+               concurrency: int = CONCURRENCY, warmup: int = PHASE,
+               max_calls: int = MAX_CALLS) -> Load:
     """A steady load with `warmup` good calls behind it, and the fault marked as 'during'."""
-    load = Load(drill, client, concurrency=concurrency, max_calls=MAX_CALLS, rate=rate).start()
+    load = Load(drill, client, concurrency=concurrency, max_calls=max_calls, rate=rate).start()
     load.wait_done(warmup)
     load.mark("during")
     return load
