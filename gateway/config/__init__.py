@@ -11,6 +11,7 @@ What must always hold: this package imports nothing of the gateway but `gateway.
 """
 
 from gateway.config.base import ConfigError
+from gateway.config.discovery import Discovery
 from gateway.config.loading import json_schema, load_config, parse_config
 from gateway.config.models import (
     ExactCache,
@@ -45,6 +46,7 @@ __all__ = [
     "Autoscale",
     "CacheStore",
     "ConfigError",
+    "Discovery",
     "ExactCache",
     "GatewayConfig",
     "HeaderMatch",

@@ -15,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 
 from gateway.config.autoscale import policy_from_mapping
 from gateway.config.base import Frozen, check_hostport
+from gateway.config.discovery import Discovery
 from gateway.config.models import ModelConfig
 
 
@@ -193,6 +194,7 @@ class Webhook(Frozen):
 class GatewayConfig(Frozen):
     listen: Listen = Listen()
     replicas: list[Replica] = []
+    discovery: list[Discovery] = []  # replicas found through DNS, beside the static ones
     cache: CacheStore = CacheStore()
     models: dict[str, ModelConfig] = {}
     health: Health = Health()
@@ -234,7 +236,16 @@ class GatewayConfig(Frozen):
         dupes = {n for n in names if names.count(n) > 1}
         if dupes:
             raise ValueError(f"replica names must be unique; repeated: {sorted(dupes)}")
-        pools = {r.pool for r in self.replicas}
+        pools = {r.pool for r in self.replicas} | {d.pool for d in self.discovery}
+        found = [d.name for d in self.discovery]
+        if len(set(found)) != len(found):
+            raise ValueError(f"discovery names must be unique; repeated: "
+                             f"{sorted({n for n in found if found.count(n) > 1})}")
+        for r in self.replicas:
+            for d in self.discovery:
+                if r.name.startswith(d.name + "-"):
+                    raise ValueError(f"replicas: {r.name!r} could clash with the names discovery "
+                                     f"{d.name!r} gives ({d.name}-ADDRESS)")
         known = set(balancer_names())
         if self.default_balance not in known:
             raise ValueError(f"default_balance {self.default_balance!r} is not one of {sorted(known)}")
