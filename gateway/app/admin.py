@@ -17,6 +17,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from gateway.app.fleet_metrics import merge_expositions
 from gateway.fleet.replicas import ReplicaState
 from gateway.rollout.controller import RolloutError
 
@@ -33,8 +34,13 @@ def _json(data: Any, status: int = 200) -> web.Response:
 
 async def metrics(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
-    return web.Response(body=generate_latest(gw.metrics.registry),
-                        headers={"Content-Type": CONTENT_TYPE_LATEST})
+    body = generate_latest(gw.metrics.registry)
+    if gw.workers_store is not None:  # --workers N: every worker's series, merged
+        peers = await gw.workers_store.collect("metrics", 5.0) or {}
+        texts = [str(d.get("text", "")) for k, d in peers.items()
+                 if k != gw.workers_store.instance]
+        body = merge_expositions([body.decode(), *texts])
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -90,7 +96,8 @@ def _state(r: ReplicaState, now: float) -> str:
 
 
 async def replicas(request: web.Request) -> web.Response:
-    return _json({"replicas": replica_json(request.app[GATEWAY])})
+    gw = request.app[GATEWAY]
+    return _json({"replicas": replica_json(gw), "discovery": gw.discovery.status()})
 
 
 async def drain(request: web.Request) -> web.Response:

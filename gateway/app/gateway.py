@@ -26,10 +26,12 @@ from typing import Any
 from gateway.app.caches import ModelCaches
 from gateway.app.listeners import Listeners
 from gateway.app.webhooks import Webhooks
-from gateway.config import ConfigError, GatewayConfig, load_config
+from gateway.config import ConfigError, GatewayConfig, Replica, load_config
 from gateway.core.call import Answer, Call, Forwarder
 from gateway.core.metrics import Metrics
+from gateway.core.shared import FileShared, SharedStore, make_shared
 from gateway.core.tasks import cancel_all, spawn
+from gateway.fleet.discovery import DnsDiscovery
 from gateway.fleet.drains import DrainRegistry
 from gateway.fleet.health import HealthChecker
 from gateway.fleet.outlier import OutlierDetector
@@ -52,15 +54,22 @@ log = logging.getLogger("infergate")
 
 class Gateway:
     def __init__(self, cfg: GatewayConfig, config_path: Path | None = None,
-                 reuse_port: bool = False, serve_admin: bool = True) -> None:
+                 reuse_port: bool = False, serve_admin: bool = True,
+                 workers_folder: str | None = None) -> None:
         self.config_path = config_path
         self.serve_admin = serve_admin  # with --workers N, only the first worker serves it
+        self.file_cfg = cfg  # as read from the file; the Runtime's adds discovered replicas
+        # Shared with the other gateways (Redis) or the other workers (a folder): the scale
+        # decision, the rollout lease; the workers' metrics always go through their folder.
+        self.shared: SharedStore | None = make_shared(cfg.cache.store, workers_folder)
+        self.workers_store = FileShared(workers_folder) if workers_folder else None
+        self.discovery = DnsDiscovery(cfg.discovery, self._on_discovered)
         self.metrics = Metrics()
         self.metrics.config_ok.set(1)  # the config the process started with is valid
         self.rollouts = RolloutManager(make_store(cfg.cache.store, cfg.state_file),
                                        on_change=self._on_rollout_change, metrics=self.metrics)
         self.rollouts.configure(cfg.models)
-        self.runtime = Runtime(cfg, overrides=self._overrides)
+        self.runtime = Runtime(self._effective(cfg), overrides=self._overrides)
         # The native engines speak plain HTTP/1.1 and h2c upstream; TLS to replicas goes through
         # the compat forwarders.
         native = cfg.listen.engine == "native" and cfg.upstream_tls is None
@@ -73,7 +82,8 @@ class Gateway:
                                        lambda: self.runtime.replicas, self.metrics)
         self.health = HealthChecker(lambda: self.runtime, self.metrics, self.outlier)
         self.webhooks = Webhooks(lambda: self.runtime.cfg.webhooks, self.health.session)
-        self.scale = ScaleService(lambda: self.runtime, self.metrics, self.webhooks.notify)
+        self.scale = ScaleService(lambda: self.runtime, self.metrics, self.webhooks.notify,
+                                  self.shared)
         self.traffic = TrafficStats()
         self.caches = ModelCaches()
         self.caches.sync(cfg)
@@ -162,30 +172,23 @@ class Gateway:
     async def _reload(self) -> tuple[bool, str | None]:
         if self.config_path is None:
             return False, "the gateway was started without a config file"
+        old_discovery = self.file_cfg.discovery
         try:
             cfg = load_config(self.config_path)
             self._check_static(cfg)
             self.rollouts.configure(cfg.models)
-            runtime = Runtime(cfg, self.runtime, self._overrides)
+            self.discovery.configure(cfg.discovery)
+            runtime = Runtime(self._effective(cfg), self.runtime, self._overrides)
         except (ConfigError, ValueError) as exc:
+            self.discovery.configure(old_discovery)
             msg = str(exc)
             log.error("config reload refused, the old config keeps serving:\n%s", msg)
             self.metrics.reloads.labels("refused").inc()
             self.metrics.config_ok.set(0)
             self.last_reload = {"ok": False, "error": msg, "at": time.time()}
             return False, msg
-        self.drains.apply(runtime.replicas)
-        fresh = [r for r in runtime.replicas.all if not r.ever_up]
-        if fresh:
-            models = set(cfg.models) | self.health.discovered
-            try:
-                await asyncio.wait_for(
-                    asyncio.gather(*(self.health.probe_replica(r, models) for r in fresh)),
-                    cfg.health.timeout_s + 0.5)
-            except TimeoutError:
-                log.warning("new replicas did not all answer their first probe before the swap")
-        runtime.replicas.rebuild()
-        self.runtime = runtime
+        await self._swap(runtime)
+        self.file_cfg = cfg
         self.caches.sync(cfg)
         self.scale.configure()
         self.pipeline.dispatcher.configure(cfg.retries)
@@ -197,10 +200,70 @@ class Gateway:
         spawn(self.health.probe_all(), "probe-after-reload")
         return True, None
 
+    async def _swap(self, runtime: Runtime) -> None:
+        """Make `runtime` the one calls use. Replicas the gateway has never seen are probed
+        first (bounded by the health timeout), so they serve from the first call after it;
+        replicas it no longer lists get no new calls, their calls in flight finish."""
+        self.drains.apply(runtime.replicas)
+        fresh = [r for r in runtime.replicas.all if not r.ever_up]
+        if fresh:
+            models = set(runtime.cfg.models) | self.health.discovered
+            try:
+                await asyncio.wait_for(
+                    asyncio.gather(*(self.health.probe_replica(r, models) for r in fresh)),
+                    runtime.cfg.health.timeout_s + 0.5)
+            except TimeoutError:
+                log.warning("new replicas did not all answer their first probe before the swap")
+        runtime.replicas.rebuild()
+        self.runtime = runtime
+
+    def _effective(self, cfg: GatewayConfig) -> GatewayConfig:
+        """The file's config with the replicas discovery found added to the static ones."""
+        found: list[Replica] = self.discovery.replicas() if cfg.discovery else []
+        if not found:
+            return cfg
+        return cfg.model_copy(update={"replicas": [*cfg.replicas, *found]})
+
+    def _on_discovered(self, replicas: list[Replica]) -> None:
+        """DNS gave another set of replicas: swap in a Runtime with them (off this call)."""
+        spawn(self._apply_discovered(), "discovery-swap")
+
+    async def _apply_discovered(self) -> None:
+        async with self._reload_lock:
+            before = {r.name for r in self.runtime.replicas.all}
+            runtime = Runtime(self._effective(self.file_cfg), self.runtime, self._overrides)
+            await self._swap(runtime)
+            self.scale.configure()
+            after = {r.name for r in runtime.replicas.all}
+            if before != after:
+                log.info("discovery: replicas added %s, removed %s (drained)",
+                         sorted(after - before) or "none", sorted(before - after) or "none")
+            self._publish_discovery()
+
+    def _publish_discovery(self) -> None:
+        for s in self.discovery.status():
+            self.metrics.discovery_stale.labels(s["name"]).set(1 if s["stale"] else 0)
+            self.metrics.discovery_replicas.labels(s["name"]).set(len(s["addresses"]))
+
+    async def _watch_discovery(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self._publish_discovery()
+
+    async def _publish_worker_metrics(self) -> None:
+        """--workers N: this worker's /metrics, for the worker that serves the admin API."""
+        from prometheus_client import generate_latest
+
+        assert self.workers_store is not None
+        while True:
+            await self.workers_store.publish(
+                "metrics", {"text": generate_latest(self.metrics.registry).decode()})
+            await asyncio.sleep(1.0)
+
     def _check_static(self, cfg: GatewayConfig) -> None:
         """Settings the live listeners and upstream pools were built with: a reload that changes
         them is refused with the reason, never applied halfway."""
-        old = self.runtime.cfg
+        old = self.file_cfg
         if cfg.listen != old.listen:
             raise ValueError("listen: addresses cannot change without a restart")
         if cfg.upstream_tls != old.upstream_tls:
@@ -234,6 +297,12 @@ class Gateway:
                 lambda: self.active_calls > 0 or admission.in_flight > 0)
         await self.drains.start()
         self.drains.apply(self.runtime.replicas)
+        if cfg.discovery:
+            await self.discovery.start()
+            await self._apply_discovered()
+            self._tasks.append(spawn(self._watch_discovery(), "discovery-metrics"))
+        if self.workers_store is not None:
+            self._tasks.append(spawn(self._publish_worker_metrics(), "worker-metrics"))
         try:
             await asyncio.wait_for(self.health.probe_all(), cfg.health.timeout_s * 2 + 1)
         except TimeoutError:
@@ -287,6 +356,9 @@ class Gateway:
         await self.rollouts.close()
         await self.health.stop()
         await self.drains.close()
+        await self.discovery.close()
+        if self.shared is not None:
+            await self.shared.close()
         await self.rest_fwd.close()
         await self.grpc_fwd.close()
         await self.caches.close()

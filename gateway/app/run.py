@@ -10,8 +10,11 @@ from gateway.config import GatewayConfig
 
 
 async def run_gateway(cfg: GatewayConfig, config_path: Path | None, worker: int = 0,
-                      workers: int = 1) -> int:
-    gw = Gateway(cfg, config_path, reuse_port=workers > 1, serve_admin=worker == 0)
+                      workers: int = 1, workers_folder: str | None = None) -> int:
+    """Serve until drained. `workers_folder`: what the workers of `--workers N` share (scale
+    decisions and rollout lease without Redis, and /metrics)."""
+    gw = Gateway(cfg, config_path, reuse_port=workers > 1, serve_admin=worker == 0,
+                 workers_folder=workers_folder)
     try:
         await gw.start()
     except OSError:  # a port taken: close what started (probes, pools) before saying so

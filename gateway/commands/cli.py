@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import logging
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Callable
@@ -55,16 +56,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         uvloop.install()  # uvloop's event loop for every asyncio.run below
     except ImportError:
         pass
+    folder: str | None = None
+
     def run_one(worker: int = 0) -> int:
         try:
-            return asyncio.run(run_gateway(cfg, Path(args.config), worker, args.workers))
+            return asyncio.run(run_gateway(cfg, Path(args.config), worker, args.workers, folder))
         except OSError as exc:
             print(f"infergate: cannot start: {exc}", file=sys.stderr)
             return 2
 
     if args.workers <= 1:
         return run_one()
-    return _run_workers(args.workers, run_one)
+    from gateway.core.shared import shared_folder
+
+    folder = str(shared_folder())  # made before the fork: every worker gets the same one
+    try:
+        return _run_workers(args.workers, run_one)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _run_workers(n: int, run_one: Callable[[int], int]) -> int:

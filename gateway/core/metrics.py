@@ -262,6 +262,13 @@ class Metrics:
             "First calls for a model name the gateway did not know, by outcome: found (a replica "
             "serves it), absent (none does), cached (absent a moment ago: not probed again), "
             "limited (over health.discovery_per_s: not probed).", ["outcome"], registry=r)
+        self.discovery_stale = Gauge(
+            "infergate_discovery_stale",
+            "1 while a discovery entry's last DNS answer failed or was empty (the last known "
+            "replicas are kept).", ["discovery"], registry=r)
+        self.discovery_replicas = Gauge(
+            "infergate_discovery_replicas", "Addresses a discovery entry knows.", ["discovery"],
+            registry=r)
         self.scrape_failures = Counter(
             "infergate_metrics_scrape_failures_total", "Failed or unparseable metrics scrapes.",
             ["replica"], registry=r)

@@ -9,8 +9,18 @@ changes, to the configured webhooks. A webhook body is the pool's /api/scale obj
 "pool" and "seq", a per-pool number that grows by one with each transition this process sends:
 retried deliveries can arrive out of order, and "seq" says which is the latest.
 
+Several gateways (pods on one Redis, the workers of `--workers N`) decide as one: each publishes
+its pools' load facts (requests, rps, the latency histogram of its window, calls in flight) to
+the shared store every round; each merges every live instance's facts into the fleet's signals
+(rps and queue depth add up, p95 comes from the summed histograms: what one gateway taking all
+the traffic would measure). One instance at a time holds the "scale" lease: it decides, stores
+the decision and sends the webhooks; the others serve the stored decision, so every gateway
+answers `/api/scale` with the same `desired_replicas`. When the store is unreachable each
+process decides from its own traffic, as a single gateway does.
+
 What must always hold: a signal whose source is not configured is left out of the decision; a
-configured source that stops answering is unknown (None), and unknown never drives a scale-down.
+configured source that stops answering is unknown (None), and unknown never drives a scale-down;
+only the lease holder (or a process without a store) notifies webhooks.
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from typing import Any, Protocol
 
 from gateway.config import GatewayConfig
 from gateway.core.metrics import Metrics
+from gateway.core.shared import SharedStore
 from gateway.core.tasks import spawn
 from gateway.fleet.replicas import ReplicaSet, ReplicaState
 from gateway.scaling import (
@@ -91,10 +102,14 @@ class FleetView(Protocol):
 
 class ScaleService:
     def __init__(self, view: Callable[[], FleetView], metrics: Metrics,
-                 notify: Callable[[dict[str, Any]], None]) -> None:
+                 notify: Callable[[dict[str, Any]], None],
+                 shared: SharedStore | None = None) -> None:
         self._view = view  # the current Runtime: a reload swaps it
         self.metrics = metrics
         self._notify = notify  # webhooks
+        self.shared = shared
+        self.fleet: dict[str, Any] = {"instances": 1, "role": "alone"}
+        self._served: dict[str, dict[str, Any]] | None = None  # the leader's, when following
         self.windows: dict[str, SignalWindow] = {}
         self.controllers: dict[str, ScaleController] = {}
         self.decisions: dict[str, ScaleDecision] = {}
@@ -129,7 +144,29 @@ class ScaleService:
         if w is not None:
             w.observe(seconds * 1000.0, now)
 
-    def signals(self, pool: str, now: float) -> tuple[Signals, int]:
+    def facts(self, pool: str, now: float) -> dict[str, Any]:
+        """This process's load on `pool` as it publishes it for the fleet."""
+        count, rps, hist = self.windows[pool].snapshot(now)
+        queue = sum(r.in_flight for r in self._view().replicas.all if r.pool == pool)
+        return {"count": count, "rps": rps, "queue": queue,
+                "hist": {str(k): v for k, v in hist.items()}}
+
+    def merged(self, pool: str, peers: dict[str, dict[str, Any]]) -> tuple[float, float, float | None]:
+        """(rps, queue depth, p95 ms) of `pool` over every instance's published facts."""
+        rps = queue = 0.0
+        hist: dict[int, int] = {}
+        for doc in peers.values():
+            f = (doc.get("pools") or {}).get(pool)
+            if not isinstance(f, dict):
+                continue
+            rps += float(f.get("rps", 0.0))
+            queue += float(f.get("queue", 0))
+            for k, v in (f.get("hist") or {}).items():
+                hist[int(k)] = hist.get(int(k), 0) + int(v)
+        return rps, queue, self.windows[pool].merged_quantile(hist, 0.95)
+
+    def signals(self, pool: str, now: float,
+                fleet: tuple[float, float, float | None] | None = None) -> tuple[Signals, int]:
         reps = [r for r in self._view().replicas.all if r.pool == pool]
         healthy = [r for r in reps if r.healthy]
         w = self.windows[pool]
@@ -143,42 +180,104 @@ class ScaleService:
         caps = [r.cfg.capacity_rps for r in healthy if r.cfg.capacity_rps]
         if not any(r.cfg.capacity_rps for r in reps):
             configured.discard("rps_ratio")
+        if fleet is None:
+            rps, queue, p95 = w.rps(now), float(sum(r.in_flight for r in reps)), w.p95_ms(now)
+        else:
+            rps, queue, p95 = fleet
         sig = Signals(
-            p95_latency_ms=w.p95_ms(now), queue_depth=float(sum(r.in_flight for r in reps)),
-            gpu_util=gpu, cpu_util=cpu, rps=w.rps(now),
+            p95_latency_ms=p95, queue_depth=queue,
+            gpu_util=gpu, cpu_util=cpu, rps=rps,
             capacity_rps=float(sum(caps)) if caps else (0.0 if "rps_ratio" in configured else None),
             configured=frozenset(configured))
         return sig, len(healthy)
 
-    def evaluate(self) -> None:
+    def evaluate(self, peers: dict[str, dict[str, Any]] | None = None,
+                 notify: bool = True) -> None:
+        """Decide every pool from this process's traffic, or from the fleet's (`peers`: every
+        live instance's published facts, this one's included)."""
         now = time.monotonic()
-        m = self.metrics
         for pool, ctl in self.controllers.items():
-            sig, current = self.signals(pool, now)
+            fleet = self.merged(pool, peers) if peers is not None else None
+            sig, current = self.signals(pool, now, fleet)
             d = ctl.evaluate(sig, current, now)
             self.decisions[pool] = d
-            m.scale_desired.labels(pool).set(d.desired_replicas)
-            m.scale_current.labels(pool).set(d.current_replicas)
-            for key, value in sig.to_json().items():
-                m.scale_signal.labels(pool, key).set(math.nan if value is None else float(value))
-            # The reason's metric name, not its text, is the label: bounded cardinality.
-            label = (pool, d.direction, d.reason.split(" ", 1)[0] if d.reason else "")
-            old = self._direction_labels.get(pool)
-            if old is not None and old != label:
-                m.scale_direction.remove(*old)
-            self._direction_labels[pool] = label
-            m.scale_direction.labels(*label).set(1)
-            mark = (d.desired_replicas, d.direction)
-            if self._sent.get(pool) != mark:
-                prev = self._sent.get(pool)
-                self._sent[pool] = mark
-                if prev is not None:
-                    seq = self._seq[pool] = self._seq.get(pool, 0) + 1
-                    self._notify(
-                        {"event": "scale", "pool": pool, "seq": seq, **d.to_json()})
+            if notify:
+                self._publish_gauges(pool, d.to_json())
+                self._send_webhook(pool, d.to_json())
+
+    def _publish_gauges(self, pool: str, d: dict[str, Any]) -> None:
+        m = self.metrics
+        m.scale_desired.labels(pool).set(d["desired_replicas"])
+        m.scale_current.labels(pool).set(d["current_replicas"])
+        for key, value in (d.get("signals") or {}).items():
+            m.scale_signal.labels(pool, key).set(math.nan if value is None else float(value))
+        # The reason's metric name, not its text, is the label: bounded cardinality.
+        reason = str(d.get("reason") or "")
+        label = (pool, str(d["direction"]), reason.split(" ", 1)[0] if reason else "")
+        old = self._direction_labels.get(pool)
+        if old is not None and old != label:
+            m.scale_direction.remove(*old)
+        self._direction_labels[pool] = label
+        m.scale_direction.labels(*label).set(1)
+
+    def _send_webhook(self, pool: str, d: dict[str, Any]) -> None:
+        mark = (int(d["desired_replicas"]), str(d["direction"]))
+        if self._sent.get(pool) != mark:
+            prev = self._sent.get(pool)
+            self._sent[pool] = mark
+            if prev is not None:
+                seq = self._seq[pool] = self._seq.get(pool, 0) + 1
+                self._notify({"event": "scale", "pool": pool, "seq": seq, **d})
+
+    def max_age_s(self) -> float:
+        """How long an instance's facts (and the lease) outlive its last round."""
+        return 3 * self._view().cfg.scale_eval_s + 1.0
+
+    async def tick(self) -> None:
+        """One round: alone, decide; in a fleet, publish, merge, and decide or follow."""
+        shared = self.shared
+        if shared is None:
+            self.evaluate()
+            return
+        now = time.monotonic()
+        mine = {"pools": {p: self.facts(p, now) for p in self.controllers}}
+        await shared.publish("scale", mine)
+        peers = await shared.collect("scale", self.max_age_s())
+        if peers is None:  # the store is unreachable: this process decides alone
+            self._served = None
+            self.fleet = {"instances": 1, "role": "alone", "store": "unreachable"}
+            self.evaluate()
+            return
+        peers[shared.instance] = mine
+        leader = await shared.lease("scale", self.max_age_s())
+        if leader:
+            self._served = None
+            self.evaluate(peers)
+            await shared.put("scale-decisions", {"at": time.time(), "leader": shared.instance,
+                                                 **self.to_json()})
+            self.fleet = {"instances": len(peers), "role": "leader"}
+            return
+        self.evaluate(peers, notify=False)  # kept warm: ready to lead when the lease moves
+        doc = await shared.get("scale-decisions")
+        pools = doc.get("pools") if doc else None
+        if (doc is not None and isinstance(pools, dict)
+                and time.time() - float(doc.get("at", 0)) <= self.max_age_s()):
+            self._served = {p: d for p, d in pools.items() if isinstance(d, dict)}
+            self.fleet = {"instances": len(peers), "role": "follower",
+                          "leader": doc.get("leader")}
+        else:
+            self._served = None
+            self.fleet = {"instances": len(peers), "role": "follower", "leader": None}
+        for pool, d in (self._served or {p: x.to_json() for p, x in self.decisions.items()}
+                        ).items():
+            self._publish_gauges(pool, d)
 
     def to_json(self) -> dict[str, Any]:
-        return {"pools": {p: d.to_json() for p, d in self.decisions.items()}}
+        pools = (self._served if self._served is not None
+                 else {p: d.to_json() for p, d in self.decisions.items()})
+        if self.shared is None:
+            return {"pools": pools}  # the contract's shape, exactly (KEDA's metrics-api reads it)
+        return {"pools": pools, "fleet": self.fleet}
 
     def start(self) -> asyncio.Task[None]:
         return spawn(self._loop(), "scale-eval")
@@ -186,7 +285,7 @@ class ScaleService:
     async def _loop(self) -> None:
         while True:
             try:
-                self.evaluate()
+                await self.tick()
             except ValueError:
                 log.exception("scale evaluation failed")
             await asyncio.sleep(self._view().cfg.scale_eval_s)
