@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
 import posixpath
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -12,6 +15,7 @@ import pytest
 import yaml
 
 from gateway.config import ConfigError, GatewayConfig, Limits, parse_config
+from gateway.fleet.discovery import Target, replica_for
 from gateway.scaling import policy_from_mapping
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
@@ -266,9 +270,10 @@ def test_tfserving_prestop_drains_itself_on_every_gateway_pod(tmp_path: Path) ->
     [gw_secret] = [v["secret"] for v in dep["spec"]["template"]["spec"]["volumes"] if "secret" in v]
     assert volume["secret"]["secretName"] == gw_secret["secretName"]
     assert key == posixpath.basename(gateway_config()["admin_token_file"])
-    # The replica name the gateway uses is the pod's name (test_gateway_replicas_are_the_statefulset_pods).
-    [env] = [e for e in c["env"] if e["name"] == "POD_NAME"]
-    assert env["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    # The replica name is built from the pod's IP as discovery builds it
+    # (test_drain_script_names_the_replica_as_discovery_does).
+    [env] = [e for e in c["env"] if e["name"] == "POD_IP"]
+    assert env["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
     # Waits as long as the gateway gives calls in flight; the grace period covers the hard bound.
     _, drain = drain_limits()
     assert drain <= float(wait) < float(bound)
@@ -280,9 +285,9 @@ def test_drain_script_calls_the_admin_drain_endpoint() -> None:
     volume, key = mounted_file(spec, c, command[3])
     script = find("ConfigMap", volume["configMap"]["name"], "infergate")["data"][key]
     assert 'exchange POST "$address" "/api/replicas/$name/drain"' in script
-    assert 'exchange GET "$address" /api/replicas)' in script
+    assert 'exchange GET "$1" /api/replicas)' in script and 'idle_on "$address"' in script
     assert "Authorization: Bearer %s" in script
-    assert "name=${POD_NAME:-$HOSTNAME}" in script
+    assert "name=${REPLICA_PREFIX:-tfserving}-${ip//:/-}" in script
 
 
 def test_gateway_config_needs_its_admin_token() -> None:
@@ -339,17 +344,68 @@ def test_keda_authenticates_with_the_same_secret() -> None:
     assert "authenticationRef" not in triggers["prometheus"]
 
 
-def test_gateway_replicas_are_the_statefulset_pods(tmp_path: Path) -> None:
-    cfg = k8s_gateway_config(tmp_path)
+def test_gateway_discovers_the_statefulset_pods_through_its_headless_service(tmp_path: Path) -> None:
+    cfg = k8s_gateway_config(tmp_path)  # the gateway's own parser
+    assert cfg.replicas == []  # every TF Serving replica comes from DNS
+    [entry] = cfg.discovery
     sts = find("StatefulSet", "tfserving", "infergate")
-    hpa = find("HorizontalPodAutoscaler", "tfserving", "infergate")
-    service = sts["spec"]["serviceName"]
-    assert len(cfg.replicas) == hpa["spec"]["maxReplicas"]
-    for i, r in enumerate(cfg.replicas):
-        host = f"tfserving-{i}.{service}.infergate.svc.cluster.local"
-        assert (r.name, r.rest, r.grpc) == (f"tfserving-{i}", f"{host}:8501", f"{host}:8500")
-        assert r.metrics == f"http://{host}:9400/metrics" and port_exists(sts, 9400)
-        assert r.pool == "gpu"
+    ns = sts["metadata"]["namespace"]
+    svc = find("Service", sts["spec"]["serviceName"], ns)
+    # Headless: one A record per pod, not a virtual IP. Asked of the system resolvers (CoreDNS),
+    # which every gateway pod shares, so all of them find the same replicas.
+    assert svc["spec"]["clusterIP"] == "None"
+    assert (entry.dns, entry.srv, entry.resolver) == (
+        f"{svc['metadata']['name']}.{ns}.svc.cluster.local",
+        None,
+        None,
+    )
+    assert matches(svc["spec"]["selector"], sts["spec"]["template"]["metadata"]["labels"])
+    # Ready pods only: a terminating pod leaves DNS and every gateway drains it (see the Service).
+    assert svc["spec"]["publishNotReadyAddresses"] is False
+    # One address family, that of status.podIP, from which the preStop drain names the replica.
+    assert (
+        svc["spec"].get("ipFamilyPolicy", "SingleStack") == "SingleStack" and "ipFamilies" not in svc["spec"]
+    )
+    # The gateway connects to the pod IPs: its ports are the containers' ports, which the Service
+    # publishes under the same names.
+    container_ports = {p["name"]: p["containerPort"] for c in pod_containers(sts) for p in c.get("ports", [])}
+    service_ports = {p["name"]: (p["port"], p["targetPort"]) for p in svc["spec"]["ports"]}
+    for port_name, port in (
+        ("rest", entry.rest_port),
+        ("grpc", entry.grpc_port),
+        ("agent", entry.metrics_port),
+    ):
+        assert container_ports[port_name] == port, port_name
+        assert service_ports[port_name] == (port, port_name)
+    args = pod_containers(sts)[0]["args"]
+    assert f"--port={entry.grpc_port}" in args and f"--rest_api_port={entry.rest_port}" in args
+    assert entry.pool == "gpu" and set(cfg.autoscale) == {"gpu"}
+    assert entry.capacity_rps == 400 and entry.interval_s == 5
+
+
+@pytest.mark.skipif(shutil.which("bash") is None, reason="the drain script runs under bash")
+@pytest.mark.parametrize("ip", ["10.0.0.7", "fd00::7", "2001:db8::1:0:0:a"])
+def test_drain_script_names_the_replica_as_discovery_does(tmp_path: Path, ip: str) -> None:
+    [entry] = k8s_gateway_config(tmp_path).discovery
+    address = ipaddress.ip_address(ip)
+    expected = replica_for(entry, Target(address)).name  # what every gateway calls this pod
+    spec, c, command = tfserving_drain_hook()
+    env = {e["name"]: e for e in c["env"]}
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    volume, key = mounted_file(spec, c, command[3])
+    script = tmp_path / "drain.sh"
+    script.write_text(find("ConfigMap", volume["configMap"]["name"], "infergate")["data"][key])
+    # The kubelet writes status.podIP in canonical (RFC 5952) form, as str() of an ip_address.
+    pod_env = {
+        "PATH": "/usr/bin:/bin",
+        "REPLICA_PREFIX": env["REPLICA_PREFIX"]["value"],
+        "POD_IP": str(address),
+    }
+    done = subprocess.run(
+        ["bash", str(script), "--name"], env=pod_env, capture_output=True, text=True, timeout=10
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == expected + "\n"
 
 
 def test_autoscalers_target_the_statefulset_and_agree_with_the_policy() -> None:
