@@ -238,6 +238,11 @@ class Gateway:
             if before != after:
                 log.info("discovery: replicas added %s, removed %s (drained)",
                          sorted(after - before) or "none", sorted(before - after) or "none")
+            for name in before - after:
+                # A drain ends with its address: a pod that later gets the same address is a
+                # new replica, not a drained one.
+                if name in self.drains.names:
+                    await self.drains.undrain(name)
             self._publish_discovery()
 
     def _publish_discovery(self) -> None:

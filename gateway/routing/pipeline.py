@@ -82,7 +82,8 @@ class Pipeline:
     async def handle(self, call: Call, fwd: Forwarder) -> Answer:
         rt = self._runtime()
         now = time.monotonic()
-        self.admission.check(call.headers, rt.admission_limit)
+        if self.admission.in_flight >= rt.admission_limit * 0.8:  # shedding starts at 80 %
+            self.admission.check(call.headers, rt.admission_limit)
         model = call.model
         if not model:
             if call.method == "reload":

@@ -80,16 +80,23 @@ class Ingress:
 
     async def serve(self, build: Callable[[], Call], t0: float) -> Answer | GatewayError:
         """Build the call (a BadRequest there is answered too), route it, observe the outcome."""
-        call: Call | None = None
         try:
             call = build()
+        except GatewayError as exc:
+            self.refused(exc, None, t0)
+            return exc
+        return await self.answer(call, t0)
+
+    async def answer(self, call: Call, t0: float) -> Answer | GatewayError:
+        """Route a call, observe the outcome; errors come back as the GatewayError to answer."""
+        try:
             answer = await self.host.handle(call, self.fwd)
         except GatewayError as exc:
-            self.refused(exc, call.model if call else None, t0)
+            self.refused(exc, call.model, t0)
             return exc
         except Exception:
             log.exception("unexpected error answering a %s call to %s", self.protocol,
-                          (call.model if call else None) or "(no model)")
+                          call.model or "(no model)")
             self.metrics.errors.labels(self.protocol, "internal").inc()
             return InternalError("Internal gateway error")
         self.host.observe_call(self.protocol, call.model, answer, str(answer.status), t0)

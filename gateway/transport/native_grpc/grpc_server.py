@@ -110,22 +110,20 @@ class NativeGrpcIngress:
             secs = gw_.parse_timeout(timeout)
             if secs is not None:
                 deadline = t0 + secs
-
-        def build() -> Call:
-            target = GrpcPath(path)
-            target.body = body
-            target.spec_end = -1
-            target.wire_metadata = received
-            spec = None
-            if method not in ("other", "reload"):
-                spec, target.spec_end = self.specs.spec(body, method == "multi_inference")
-            if spec is None or not spec.name:
-                return Call("grpc", method if method == "reload" else "other", None, None, None,
-                            "", md, body, deadline, target)
-            return Call("grpc", method, spec.name, spec.version, spec.label, spec.signature,
-                        md, body, deadline, target)
-
-        result = await self.ingress.serve(build, t0)
+        target = GrpcPath(path)
+        target.body = body
+        target.spec_end = -1
+        target.wire_metadata = received
+        spec = None
+        if method not in ("other", "reload"):
+            spec, target.spec_end = self.specs.spec(body, method == "multi_inference")
+        if spec is None or not spec.name:
+            call = Call("grpc", method if method == "reload" else "other", None, None, None, "", md,
+                        body, deadline, target)
+        else:
+            call = Call("grpc", method, spec.name, spec.version, spec.label, spec.signature, md,
+                        body, deadline, target)
+        result = await self.ingress.answer(call, t0)
         if isinstance(result, GatewayError):
             self._own_error(conn, stream, result.code.value[0], result.message)
         else:

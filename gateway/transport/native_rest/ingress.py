@@ -83,9 +83,13 @@ class NativeRestIngress:
         path = request.target.partition("?")[0]
         if not path[:4].lower() == "/v1/":
             return _NOT_FOUND
-        result = await self.ingress.serve(
-            lambda: rest_call(request.method, request.target, request.headers, request.body, t0,
-                              self._target), t0)
+        try:
+            call = rest_call(request.method, request.target, request.headers, request.body, t0,
+                             self._target)
+        except GatewayError as exc:
+            self.ingress.refused(exc, None, t0)
+            return error(exc.http_status, exc.message)
+        result = await self.ingress.answer(call, t0)
         if isinstance(result, GatewayError):
             return error(result.http_status, result.message)
         return self.encode_answer(result)
