@@ -14,7 +14,9 @@ from gateway.config.base import ConfigError
 from gateway.config.discovery import Discovery
 from gateway.config.loading import json_schema, load_config, parse_config
 from gateway.config.models import (
+    Brownout,
     ExactCache,
+    Fallback,
     HeaderMatch,
     Hedge,
     Match,
@@ -34,6 +36,7 @@ from gateway.config.schema import (
     Limits,
     Listen,
     Outlier,
+    Pool,
     Replica,
     Retries,
     Thresholds,
@@ -43,6 +46,9 @@ from gateway.config.schema import (
 )
 
 __all__ = [
+    "Brownout",
+    "Fallback",
+    "Pool",
     "Autoscale",
     "CacheStore",
     "ConfigError",

@@ -79,6 +79,34 @@ class ExactCache(Frozen):
     ttl_s: float = Field(default=60.0, gt=0)
     max_bytes: int = Field(default=256 * 1024 * 1024, gt=0)
     max_entry_bytes: int = Field(default=4 * 1024 * 1024, gt=0)
+    # An entry this much past its TTL may still answer when no tier can (x-infergate-tier: stale).
+    stale_if_error_s: float = Field(default=0.0, ge=0)
+
+
+FallbackReason = Literal["unavailable", "overloaded", "timeout"]
+
+
+class Fallback(Frozen):
+    """One tier of a model's fallback chain, tried in order when the target before it cannot
+    answer for one of the `on` reasons: `unavailable` (no healthy replica, or they refused or
+    dropped the call), `overloaded` (429 / 503 / RESOURCE_EXHAUSTED, or shed at the gateway),
+    `timeout` (the try ran past its time; the caller's deadline is never extended)."""
+
+    target: str  # a label, "version:N" or "pool:NAME", as in split
+    on: list[FallbackReason] = ["unavailable", "overloaded", "timeout"]
+
+    @field_validator("target")
+    @classmethod
+    def _target(cls, v: str) -> str:
+        if not TARGET_RE.match(v):
+            raise ValueError(f"target {v!r} must be a label, 'version:N' or 'pool:NAME'")
+        return v
+
+
+class Brownout(Frozen):
+    """Moving a share of a saturated pool's traffic to the fallback tier before shedding."""
+
+    max_share: float = Field(default=0.5, ge=0, le=1)  # 0 turns brownout off
 
 
 class SimilarityCache(Frozen):
@@ -133,6 +161,14 @@ class ModelConfig(Frozen):
     rollout: Rollout | None = None
     timeout_s: float = Field(default=30.0, gt=0)
     hedge: Hedge | None = None
+    fallback: list[Fallback] = []  # tiers tried in order when the routed target cannot answer
+    brownout: Brownout | None = None  # default with a fallback chain: max_share 0.5
+
+    def brownout_share(self) -> float:
+        """The largest share of this model's traffic a brownout may move to its fallback."""
+        if not self.fallback:
+            return 0.0
+        return self.brownout.max_share if self.brownout is not None else Brownout().max_share
     api_keys: list[str] = []
 
     @field_validator("api_keys")

@@ -82,6 +82,7 @@ class Replica(Frozen):
     pool: str = "default"
     capacity_rps: float | None = Field(default=None, gt=0)
     weight: float = Field(default=1.0, gt=0)
+    cost_per_hour: float | None = Field(default=None, ge=0)  # overrides its pool's (e.g. spot)
 
     @field_validator("rest", "grpc")
     @classmethod
@@ -100,6 +101,12 @@ class Replica(Frozen):
         if self.rest is None and self.grpc is None:
             raise ValueError("a replica needs a rest or a grpc address (or both)")
         return self
+
+
+class Pool(Frozen):
+    """Facts about a pool of replicas as a whole."""
+
+    cost_per_hour: float | None = Field(default=None, ge=0)  # per replica, in any currency
 
 
 class Health(Frozen):
@@ -195,6 +202,7 @@ class GatewayConfig(Frozen):
     listen: Listen = Listen()
     replicas: list[Replica] = []
     discovery: list[Discovery] = []  # replicas found through DNS, beside the static ones
+    pools: dict[str, Pool] = {}  # per-pool facts (cost); pools are named by replicas
     cache: CacheStore = CacheStore()
     models: dict[str, ModelConfig] = {}
     health: Health = Health()
@@ -261,11 +269,16 @@ class GatewayConfig(Frozen):
             if m.rollout:
                 targets.append((f"{where}.rollout.canary", m.rollout.canary))
                 targets.append((f"{where}.rollout.stable", m.rollout.stable))
+            targets += [(f"{where}.fallback.{i}.target", fb.target)
+                        for i, fb in enumerate(m.fallback)]
             for path, t in targets:
                 if t.startswith("pool:") and t[5:] not in pools:
                     raise ValueError(f"{path}: unknown pool {t[5:]!r} (pools: {sorted(pools)})")
                 if not t.startswith(("pool:", "version:")) and t not in m.labels:
                     raise ValueError(f"{path}: unknown label {t!r} (labels: {sorted(m.labels)})")
+        for pool in self.pools:
+            if pool not in pools:
+                raise ValueError(f"pools.{pool}: no replica is in this pool (pools: {sorted(pools)})")
         for pool, auto in self.autoscale.items():
             if pool not in pools:
                 raise ValueError(f"autoscale.{pool}: unknown pool (pools: {sorted(pools)})")
