@@ -38,7 +38,7 @@ from gateway.fleet.outlier import OutlierDetector
 from gateway.fleet.replicas import ReplicaState
 from gateway.rollout.controller import Transition
 from gateway.rollout.manager import RolloutManager
-from gateway.rollout.store import make_store
+from gateway.rollout.store import FileRolloutStore, make_store
 from gateway.routing.pipeline import Pipeline
 from gateway.routing.runtime import Runtime
 from gateway.scaling.service import ScaleService
@@ -66,8 +66,11 @@ class Gateway:
         self.discovery = DnsDiscovery(cfg.discovery, self._on_discovered)
         self.metrics = Metrics()
         self.metrics.config_ok.set(1)  # the config the process started with is valid
-        self.rollouts = RolloutManager(make_store(cfg.cache.store, cfg.state_file),
-                                       on_change=self._on_rollout_change, metrics=self.metrics)
+        store = make_store(cfg.cache.store, cfg.state_file)
+        if store is None and workers_folder:  # the workers of one node share a state file
+            store = FileRolloutStore(Path(workers_folder) / "rollouts.json")
+        self.rollouts = RolloutManager(store, on_change=self._on_rollout_change,
+                                       metrics=self.metrics, shared=self.shared)
         self.rollouts.configure(cfg.models)
         self.runtime = Runtime(self._effective(cfg), overrides=self._overrides)
         # The native engines speak plain HTTP/1.1 and h2c upstream; TLS to replicas goes through
@@ -157,7 +160,8 @@ class Gateway:
             rt.routers[t.model] = rt.build_router(t.model)
         log.info("rollout %s: %s (step %d, canary weight %.0f%%): %s", t.model, t.kind, t.step,
                  t.weight, t.reason)
-        self.webhooks.notify({"event": "rollout", "model": t.model, **t.to_json()})
+        if t.decided:  # one notification per transition for the whole fleet: the decider's
+            self.webhooks.notify({"event": "rollout", "model": t.model, **t.to_json()})
 
     # ---- reload ------------------------------------------------------------------------------
 

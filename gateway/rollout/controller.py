@@ -14,7 +14,10 @@ States: progressing | paused | promoted | rolled_back. Pausing holds the weight 
 protection: a paused canary that fails a check is still rolled back.
 
 Time is wall-clock seconds (`time.time`) because the state is persisted and continued by a
-restarted gateway or by another gateway sharing the store. Measurements are per process.
+restarted gateway or by another gateway sharing the store. Measurements are per process; a fleet
+judges its pooled measurements by lending them to the controller (`judged_by`), and a process
+that must not decide (`decides = False`: it follows a fleet's leader) only records on the
+request path.
 
 What must always hold: `canary_weight()` is one of the configured steps while progressing or
 paused, 0 after a rollback and 100 after promotion; every change of state or step increments
@@ -25,7 +28,8 @@ rollout identity.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -56,7 +60,13 @@ class Check:
 
 @dataclass(frozen=True, slots=True)
 class Transition:
-    """A change of a rollout's state or step, as recorded in its history."""
+    """A change of a rollout's state or step, as recorded in its history.
+
+    `decided` says whether this process made the change (its controller decided, or an operator
+    acted through it): True. A state adopted from the store, decided by another gateway or by
+    an earlier run of this one (kind "remote"), is False: every process applies it (weights,
+    labels), only the one that decided announces it (webhooks). Not part of `to_json`.
+    """
 
     model: str
     kind: str  # step | promoted | rolled_back | paused | resumed | remote
@@ -65,6 +75,7 @@ class Transition:
     weight: float
     reason: str
     at: float
+    decided: bool = True
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.kind, "state": self.state, "step": self.step, "weight": self.weight,
@@ -98,6 +109,7 @@ class RolloutController:
         # A fresh controller has neither moved nor adopted a stored state: it adopts any stored
         # state of its identity, even one not newer than its own start (a restart at step 1).
         self.fresh = True
+        self.decides = True  # False: observations only record; a fleet's leader decides
         self.history: list[dict[str, Any]] = []
         self.stats = RolloutStats()
         self.baseline: LatencyHistogram | None = None  # stable latency of the last step with data
@@ -108,6 +120,27 @@ class RolloutController:
         c, s = self.cfg, self
         return (f"{c.stable}={s.stable_version}->{c.canary}={s.canary_version}"
                 f";steps={','.join(f'{x:g}' for x in c.steps)}")
+
+    @property
+    def step_key(self) -> str:
+        """Names the current step: statistics measured under another key belong to another
+        step (or rollout) and are never pooled with this one's. A step restarts (new key) when
+        it begins or resumes; a pause or a rollback keeps it."""
+        return f"{self.identity}#{self.step + 1}@{self.step_started_at!r}"
+
+    @contextmanager
+    def judged_by(self, stats: RolloutStats | None) -> Iterator[None]:
+        """Judge and report with `stats` (a fleet's pooled statistics of this step) for the
+        duration; this process's own come back after, unless a move began a new step."""
+        if stats is None:
+            yield
+            return
+        own, self.stats = self.stats, stats
+        try:
+            yield
+        finally:
+            if self.stats is stats:
+                self.stats = own
 
     # -- what the gateway applies -------------------------------------------------------------
 
@@ -158,7 +191,7 @@ class RolloutController:
         if role is None:
             return None
         self.stats.observe(role, ok, latency_s)
-        if role != "canary" or self.state not in ACTIVE:
+        if role != "canary" or self.state not in ACTIVE or not self.decides:
             return None
         c = self.stats.canary
         if c.calls < self.early_sample:
@@ -173,7 +206,8 @@ class RolloutController:
     def observe_agreement(self, agreed: bool) -> Transition | None:
         """Record whether a mirrored call's canary answer agreed with the stable one."""
         self.stats.observe_agreement(agreed)
-        if agreed or self.state not in ACTIVE or self.stats.compared < min(self.early_sample, 20):
+        if (agreed or self.state not in ACTIVE or not self.decides
+                or self.stats.compared < min(self.early_sample, 20)):
             return None
         _, upper = wilson_interval(self.stats.agreed, self.stats.compared)
         if upper < self.cfg.min_agreement:
@@ -322,8 +356,8 @@ class RolloutController:
             step_started = float(d["step_started_at"])
         except (KeyError, TypeError, ValueError):
             return None
-        if (state, step) != (self.state, self.step) or step_started != self.step_started_at:
-            self.stats = RolloutStats()
+        if (step, step_started) != (self.step, self.step_started_at):
+            self.stats = RolloutStats()  # another step; a pause or a rollback keeps this one
         self.state = state  # type: ignore[assignment]  # checked against the four states above
         self.step, self.step_started_at = step, step_started
         self.started_at = float(d.get("started_at", self.started_at))
@@ -334,7 +368,7 @@ class RolloutController:
         if isinstance(hist, list):
             self.history = [h for h in hist if isinstance(h, dict)][-_HISTORY:]
         return Transition(self.model, "remote", self.state, self.step + 1, self.canary_weight(),
-                          self.reason, updated)
+                          self.reason, updated, decided=False)
 
     # -- reporting ----------------------------------------------------------------------------
 

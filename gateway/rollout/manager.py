@@ -7,11 +7,22 @@ a promotion, a rollback, an operator action, or a newer state adopted from the s
 to `on_change` at once, so the gateway can rebuild the model's routing with `weights(model)` and
 `label_overrides(model)`; it is persisted by the next `tick` (or at once, for admin actions).
 
+Given a shared store (`shared`: gateways on one Redis, or the workers of one `--workers N`), the
+manager runs one analysis for the fleet (gateway/rollout/fleet.py): every tick it adopts the
+stored state, publishes its statistics and pools everyone's; only the holder of the "rollout"
+lease judges the pooled statistics and stores its decisions, and an operator's action on any
+process is stored before it is answered. Every process applies every change (`on_change`
+fires everywhere); `Transition.decided` is True only in the process that decided, the one that
+should announce it (webhooks).
+
 What must always hold:
 - the request path never awaits and never touches the store;
 - a reload keeps a rollout whose identity (stable and canary names and versions, steps) is
   unchanged, with its state and step; any other change starts a new rollout;
-- a model whose stable and canary name the same version has no rollout (nothing to compare).
+- a model whose stable and canary name the same version has no rollout (nothing to compare);
+- in a fleet, a process that does not hold the lease never decides (its controllers only
+  record), and a decision reaches `on_change` as decided only once the store took it: of two
+  processes that moved the same rev, the one whose save was refused adopts the other's state.
 """
 
 from __future__ import annotations
@@ -24,8 +35,11 @@ from typing import Any
 
 from gateway.config import ModelConfig
 from gateway.core.metrics import Metrics
+from gateway.core.shared import SharedStore
 from gateway.rollout.controller import RolloutController, RolloutError, Transition
-from gateway.rollout.store import RolloutStore
+from gateway.rollout.fleet import Fleet, SharedRolloutStore
+from gateway.rollout.stats import RolloutStats
+from gateway.rollout.store import RolloutStore, superseded
 
 log = logging.getLogger("infergate.rollout")
 
@@ -43,15 +57,23 @@ def _version_of(target: str, labels: Mapping[str, int]) -> int | None:
 class RolloutManager:
     def __init__(self, store: RolloutStore | None = None, clock: Callable[[], float] = time.time,
                  on_change: Callable[[Transition], None] | None = None,
-                 metrics: Metrics | None = None, poll_s: float = 2.0) -> None:
+                 metrics: Metrics | None = None, poll_s: float = 2.0, *,
+                 shared: SharedStore | None = None, interval_s: float = 1.0) -> None:
+        """`shared`: the store this process shares with its peers; None, it decides alone.
+        `interval_s`: the tick interval (`run` sets it too); the lease lasts three of them.
+        A fleet given no `store` keeps its states in the shared store's documents."""
+        if store is None and shared is not None:
+            store = SharedRolloutStore(shared)
         self.store = store
         self.clock = clock
         self.on_change = on_change
         self.metrics = metrics
         self.poll_s = poll_s
+        self.fleet = Fleet(shared, interval_s) if shared is not None else None
         self._controllers: dict[str, RolloutController] = {}
         self._dirty: set[str] = set()
         self._last_poll = float("-inf")
+        self._deciding = asyncio.Lock()  # in a fleet: one tick or one action at a time
 
     # -- building -----------------------------------------------------------------------------
 
@@ -80,6 +102,7 @@ class RolloutManager:
         self._controllers = new
         self._dirty &= set(new)
         for name, ctl in new.items():
+            ctl.decides = self.fleet is None or self.fleet.role == "alone"
             self._set_gauge(name, ctl)
 
     def get(self, model: str) -> RolloutController | None:
@@ -113,14 +136,24 @@ class RolloutManager:
     # -- admin --------------------------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
-        """The body of GET /api/rollouts."""
-        return {"rollouts": {m: c.to_json() for m, c in sorted(self._controllers.items())}}
+        """The body of GET /api/rollouts: in a fleet, its checks and calls are the pooled ones,
+        and "fleet" says how many processes are live and which role this one has."""
+        return {"rollouts": {m: self._model_json(c) for m, c in sorted(self._controllers.items())}}
+
+    def _model_json(self, ctl: RolloutController) -> dict[str, Any]:
+        fleet = self.fleet
+        with ctl.judged_by(fleet.pooled(ctl) if fleet is not None else None):
+            out = ctl.to_json()
+        out["fleet"] = fleet.to_json() if fleet is not None else {"instances": 1, "role": "alone"}
+        return out
 
     async def act(self, model: str, action: str, reason: str | None = None) -> dict[str, Any]:
         """Apply an operator action and persist it before answering.
 
         Raises KeyError when the model has no rollout, RolloutError when the action does not
-        apply (unknown action, or not in this state).
+        apply (unknown action, or not in this state). In a fleet the action applies to the
+        stored state and once: if another process stored a move first, the action is tried
+        again on that state (and may no longer apply).
         """
         ctl = self._controllers.get(model)
         if ctl is None:
@@ -128,10 +161,18 @@ class RolloutManager:
         if action not in ACTIONS:
             raise RolloutError(f"unknown action {action!r} (one of {', '.join(ACTIONS)})")
         method: Callable[..., Transition] = getattr(ctl, action)
-        t = method(reason) if reason else method()
-        self._changed(t)
-        await self._save(model)
-        return ctl.to_json()
+        if self.fleet is None:
+            self._changed(method(reason) if reason else method())
+            await self._save(model)
+            return self._model_json(ctl)
+        async with self._deciding:
+            await self._adopt(model)
+            for _ in range(3):
+                own, key = ctl.stats, ctl.step_key
+                t = method(reason) if reason else method()
+                if (await self._commit(ctl, t, own, key)).decided:
+                    break
+        return self._model_json(ctl)
 
     # -- the timer ----------------------------------------------------------------------------
 
@@ -148,10 +189,18 @@ class RolloutManager:
                 self._dirty.add(name)
         await self._save_dirty()
         self._last_poll = self.clock()
+        if self.fleet is not None:
+            self._set_role(await self.fleet.sync(self._controllers))
 
     async def tick(self, now: float | None = None) -> list[Transition]:
-        """Evaluate every rollout, persist what changed, adopt newer states from the store."""
+        """Evaluate every rollout, persist what changed, adopt newer states from the store.
+
+        In a fleet: adopt the stored states, publish and pool, then decide on the pooled
+        statistics if this process holds the lease (or alone, when the shared store is down)."""
         now = self.clock() if now is None else now
+        if self.fleet is not None:
+            async with self._deciding:
+                return await self._tick_fleet(self.fleet, now)
         out: list[Transition] = []
         for ctl in list(self._controllers.values()):
             t = ctl.evaluate(now)
@@ -170,8 +219,24 @@ class RolloutManager:
                         self._changed(t, persist=False)
         return out
 
+    async def _tick_fleet(self, fleet: Fleet, now: float) -> list[Transition]:
+        out = [t for name in list(self._controllers) if (t := await self._adopt(name)) is not None]
+        role = await fleet.sync(self._controllers)
+        self._set_role(role)
+        if role != "follower":
+            for ctl in list(self._controllers.values()):
+                own, key = ctl.stats, ctl.step_key
+                with ctl.judged_by(fleet.pooled(ctl)):
+                    t = ctl.evaluate(now)
+                if t is not None:
+                    out.append(await self._commit(ctl, t, own, key))
+        await self._save_dirty()
+        return out
+
     async def run(self, interval_s: float = 1.0) -> None:
         """Tick forever (start it with gateway.core.tasks.spawn)."""
+        if self.fleet is not None:
+            self.fleet.interval_s = interval_s
         while True:
             await self.tick()
             await asyncio.sleep(interval_s)
@@ -201,11 +266,62 @@ class RolloutManager:
         if self.metrics is not None:
             self.metrics.rollout_weight.labels(model).set(ctl.canary_weight())
 
+    def _set_role(self, role: str) -> None:
+        for ctl in self._controllers.values():
+            ctl.decides = role == "alone"
+
+    async def _adopt(self, model: str) -> Transition | None:
+        """Follow the stored state of `model` if it is newer than ours."""
+        ctl = self._controllers.get(model)
+        if self.store is None or ctl is None:
+            return None
+        d = await self.store.load(model)
+        if d is None or self._controllers.get(model) is not ctl:
+            return None
+        key, before = ctl.step_key, self.fleet.pooled(ctl) if self.fleet is not None else None
+        t = ctl.merge_remote(d)
+        if t is not None:
+            if self.fleet is not None and ctl.step_key != key:
+                self.fleet.follow_baseline(ctl, before)
+            self._changed(t, persist=False)
+        return t
+
+    async def _commit(self, ctl: RolloutController, t: Transition, own: RolloutStats,
+                      key: str) -> Transition:
+        """Store a move this process made (`own`, `key`: its statistics and step before), then
+        announce it. A move that lost to one another process stored first is dropped for that
+        one, which is announced (as not decided here) and returned instead."""
+        if self.store is None or await self.store.save(ctl.model, ctl.state_dict()):
+            self._changed(t, persist=False)
+            return t
+        won = await self._lost(ctl, own, key)
+        if won is None:
+            self._changed(t)  # the store is unreachable: ours stands, saved by a later tick
+            return t
+        return won
+
+    async def _lost(self, ctl: RolloutController, own: RolloutStats,
+                    key: str) -> Transition | None:
+        """After a refused save: adopt the stored state that superseded ours, if one did."""
+        d = await self.store.load(ctl.model) if self.store is not None else None
+        if d is None or not superseded(d, ctl.state_dict()):
+            return None
+        t = ctl.merge_remote(d, force=True)
+        if t is None:
+            return None
+        if ctl.step_key == key:
+            ctl.stats = own  # back at the step we measured: keep what we measured
+        log.info("%s: another gateway moved the rollout first: %s, step %d", ctl.model,
+                 t.state, t.step)
+        self._changed(t, persist=False)
+        return t
+
     async def _save(self, model: str) -> None:
         ctl = self._controllers.get(model)
         self._dirty.discard(model)
         if self.store is not None and ctl is not None:
-            if not await self.store.save(model, ctl.state_dict()):
+            if (not await self.store.save(model, ctl.state_dict())
+                    and await self._lost(ctl, ctl.stats, ctl.step_key) is None):
                 self._dirty.add(model)  # the store logged why; the next tick tries again
 
     async def _save_dirty(self) -> None:

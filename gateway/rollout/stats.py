@@ -8,14 +8,20 @@ are judged with the Wilson score interval (E. B. Wilson, "Probable inference, th
 succession, and statistical inference", JASA 1927), which stays sensible near 0 and 1 where the
 normal approximation does not.
 
+Statistics travel between gateways as JSON (`to_json` / `from_json`) and add up (`merge`):
+every process uses the same bucket layout, so the sum of several histograms is the histogram of
+all their calls, and a fleet judges its pooled calls exactly as one process fed them all would.
+
 What must always hold: recording an observation is O(1) and never allocates per call;
-quantiles of an empty histogram are None, never 0.
+quantiles of an empty histogram are None, never 0; `from_json` accepts only what `to_json`
+writes (anything else raises ValueError) and merging never loses or invents a call.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 _SUB = 8  # linear sub-buckets per power of two
 _SHIFT = 3  # log2(_SUB)
@@ -65,6 +71,28 @@ class LatencyHistogram:
                 return _midpoint_us(idx) / 1e6
         return _midpoint_us(_BUCKETS - 1) / 1e6  # unreachable: the counts sum to n
 
+    def merge(self, other: LatencyHistogram) -> None:
+        for idx, c in enumerate(other.counts):
+            self.counts[idx] += c
+        self.n += other.n
+
+    def to_json(self) -> dict[str, int]:
+        """Only the buckets that hold calls: {bucket index: count}."""
+        return {str(i): c for i, c in enumerate(self.counts) if c}
+
+    @classmethod
+    def from_json(cls, d: Any) -> LatencyHistogram:
+        if not isinstance(d, dict):
+            raise ValueError("a latency histogram is an object")
+        h = cls()
+        for k, v in d.items():
+            idx, c = int(k), int(v)
+            if not 0 <= idx < _BUCKETS or c < 0:
+                raise ValueError(f"latency bucket {k}={v} out of range")
+            h.counts[idx] += c
+            h.n += c
+        return h
+
 
 @dataclass(slots=True)
 class ArmStats:
@@ -91,6 +119,23 @@ class ArmStats:
 
     def p50(self) -> float | None:
         return self.latency.quantile(0.5)
+
+    def merge(self, other: ArmStats) -> None:
+        self.calls += other.calls
+        self.errors += other.errors
+        self.latency.merge(other.latency)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"calls": self.calls, "errors": self.errors, "latency": self.latency.to_json()}
+
+    @classmethod
+    def from_json(cls, d: Any) -> ArmStats:
+        if not isinstance(d, dict):
+            raise ValueError("arm statistics are an object")
+        calls, errors = int(d["calls"]), int(d["errors"])
+        if not 0 <= errors <= calls:
+            raise ValueError(f"calls={calls} errors={errors}")
+        return cls(calls, errors, LatencyHistogram.from_json(d["latency"]))
 
 
 @dataclass(slots=True)
@@ -120,6 +165,28 @@ class RolloutStats:
     @property
     def agreement(self) -> float | None:
         return self.agreed / self.compared if self.compared else None
+
+    def merge(self, other: RolloutStats) -> None:
+        self.stable.merge(other.stable)
+        self.canary.merge(other.canary)
+        self.agreed += other.agreed
+        self.compared += other.compared
+
+    def to_json(self) -> dict[str, Any]:
+        return {"stable": self.stable.to_json(), "canary": self.canary.to_json(),
+                "agreed": self.agreed, "compared": self.compared}
+
+    @classmethod
+    def from_json(cls, d: Any) -> RolloutStats:
+        """Raises ValueError (also for missing keys) on anything `to_json` does not write."""
+        try:
+            agreed, compared = int(d["agreed"]), int(d["compared"])
+            if not 0 <= agreed <= compared:
+                raise ValueError(f"agreed={agreed} compared={compared}")
+            return cls(ArmStats.from_json(d["stable"]), ArmStats.from_json(d["canary"]),
+                       agreed, compared)
+        except (KeyError, TypeError) as exc:
+            raise ValueError(f"not rollout statistics: {exc!r}") from exc
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:

@@ -11,13 +11,17 @@ What must always hold:
   with short timeouts;
 - a file is replaced atomically (write a temporary file in the same folder, fsync, os.replace),
   so a crash leaves the old or the new state, never half of one;
-- Redis never goes backwards: a save whose rev is older than the stored one for the same
-  rollout identity is refused by a compare-and-set script.
+- neither store goes backwards, and of two writers that moved the same rollout from the same
+  rev only the first wins: a save is refused (False) when the stored state of the same rollout
+  identity has a higher rev, or the same rev with other content (compare-and-set: a Lua script
+  in Redis, an flock'ed read-compare-write for the file). Saving the stored state again is a
+  success. The loser reloads and adopts the winner's state.
 """
 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
 import os
@@ -42,8 +46,9 @@ class RolloutStore(Protocol):
 class FileRolloutStore:
     """All models' rollout states in one JSON file: {"rollouts": {model: state}}.
 
-    Other top-level keys of the file are kept. Meant for one gateway; gateways that share state
-    use Redis (two writers of one file may lose each other's last write).
+    Other top-level keys of the file are kept. Processes on one machine may share the file
+    (the workers of `--workers N`): each save holds an flock on the file's folder and compares
+    revs before writing. Gateways on several machines share Redis.
     """
 
     def __init__(self, path: str | Path) -> None:
@@ -66,13 +71,29 @@ class FileRolloutStore:
         return state if isinstance(state, dict) else None
 
     def save_sync(self, model: str, state: dict[str, Any]) -> bool:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # The lock is on the folder: the file itself is replaced by every save, and a lock
+            # file beside it would be one more file in the user's folder.
+            fd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # released when the descriptor closes
+                return self._save_locked(model, state)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            log.warning("cannot save rollout state of %s to %s: %s", model, self.path, exc)
+            return False
+
+    def _save_locked(self, model: str, state: dict[str, Any]) -> bool:
         data = self.read_all()
         rollouts = data.get("rollouts")
         if not isinstance(rollouts, dict):
             rollouts = data["rollouts"] = {}
+        if superseded(rollouts.get(model), state):
+            return False
         rollouts[model] = state
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent)
             try:
                 with os.fdopen(fd, "w", encoding="utf-8") as f:
@@ -99,14 +120,29 @@ class FileRolloutStore:
         return None
 
 
-# Refuse to overwrite a newer rev of the same rollout identity (two gateways racing).
+def superseded(cur: Any, new: dict[str, Any]) -> bool:
+    """Whether storing `new` over `cur` would lose a newer state, or another writer's move
+    from the same rev, of the same rollout (the compare of compare-and-set)."""
+    if not isinstance(cur, dict) or cur.get("identity") != new.get("identity"):
+        return False
+    try:
+        rev, mine = int(cur["rev"]), int(new["rev"])
+    except (KeyError, TypeError, ValueError):
+        return False
+    return rev > mine or (rev == mine and cur != new)
+
+
+# The same compare as `superseded`, in Redis: ARGV[1] is the state as JSON with sorted keys, so
+# the same state saved again is the same string.
 _CAS = """
 local cur = redis.call('GET', KEYS[1])
 if cur then
   local ok, d = pcall(cjson.decode, cur)
-  if ok and type(d) == 'table' and d['identity'] == ARGV[2]
-     and tonumber(d['rev']) and tonumber(d['rev']) > tonumber(ARGV[3]) then
-    return 0
+  if ok and type(d) == 'table' and d['identity'] == ARGV[2] and tonumber(d['rev']) then
+    local rev, mine = tonumber(d['rev']), tonumber(ARGV[3])
+    if rev > mine or (rev == mine and cur ~= ARGV[1]) then
+      return 0
+    end
   end
 end
 redis.call('SET', KEYS[1], ARGV[1])
