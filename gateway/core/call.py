@@ -49,6 +49,7 @@ class Answer:
     version: int | None = None
     cache: str = "miss"
     arm: str = ""  # the split arm that chose the target (for traffic stats and rollouts)
+    tier: str = "primary"  # primary | fallback:N | stale (x-infergate-tier)
 
     @classmethod
     def from_cache(cls, status: int, body: bytes, headers: tuple[tuple[str, str], ...],

@@ -80,6 +80,10 @@ class ConnectFailed(ReplicaUnavailable):
     the request never left, so any call may go to another replica, and the replica is down."""
 
 
+class TryTimedOut(ReplicaUnavailable):
+    """A replica did not answer within the per-try timeout (the call's deadline has time left)."""
+
+
 class DeadlineExceeded(GatewayError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 

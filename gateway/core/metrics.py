@@ -262,6 +262,11 @@ class Metrics:
             "First calls for a model name the gateway did not know, by outcome: found (a replica "
             "serves it), absent (none does), cached (absent a moment ago: not probed again), "
             "limited (over health.discovery_per_s: not probed).", ["outcome"], registry=r)
+        self.fallbacks = Counter(
+            "infergate_fallbacks_total",
+            "Calls answered by a lower tier: a fallback target (fallback:N) or a stale cache "
+            "entry, by the reason the tier above could not answer.", ["model", "reason", "tier"],
+            registry=r)
         self.discovery_stale = Gauge(
             "infergate_discovery_stale",
             "1 while a discovery entry's last DNS answer failed or was empty (the last known "

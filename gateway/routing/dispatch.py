@@ -25,6 +25,7 @@ from gateway.core.errors import (
     GatewayError,
     NoReplica,
     ReplicaUnavailable,
+    TryTimedOut,
 )
 from gateway.core.metrics import Metrics
 from gateway.fleet.outlier import OutlierDetector
@@ -133,10 +134,10 @@ class Dispatcher:
             return exc
         except DeadlineExceeded as exc:
             if limit < remaining:
-                return ReplicaUnavailable(f"replica {replica.name} did not answer in {limit:.3g} s")
+                return TryTimedOut(f"replica {replica.name} did not answer in {limit:.3g} s")
             return exc
         if limit < remaining and answer.status == DEADLINE_CODE and call.protocol == "grpc":
-            return ReplicaUnavailable(f"replica {replica.name} did not answer in {limit:.3g} s")
+            return TryTimedOut(f"replica {replica.name} did not answer in {limit:.3g} s")
         return answer
 
     async def _hedged(self, call: Call, fwd: Forwarder, primary: ReplicaState,

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from gateway.cache import PredictionCache
+from gateway.config import ExactCache
 from gateway.core.call import Answer, Call, Forwarder
 from gateway.core.errors import GatewayError, NoReplica, Unauthenticated
 from gateway.core.metrics import Metrics
@@ -29,6 +30,7 @@ from gateway.fleet.replicas import ReplicaState
 from gateway.routing.admission import Admission
 from gateway.routing.cache_step import CacheStep
 from gateway.routing.dispatch import Dispatcher, UpstreamDone
+from gateway.routing.fallback import FallbackStep
 from gateway.routing.router import ModelRouter
 from gateway.routing.runtime import Runtime
 from gateway.routing.shadow import RolloutView, Shadower
@@ -67,9 +69,14 @@ class Pipeline:
         self.admission = Admission(metrics)
         self.dispatcher = Dispatcher(runtime, metrics, self.admission, outlier, p95_ms,
                                      on_upstream_done, self.model_label)
-        self.cache = CacheStep(self.dispatcher, caches, metrics)
+        self.cache = CacheStep(self.dispatcher, caches, metrics, self._exact)
+        self.fallback = FallbackStep(runtime, self.cache, metrics, self.rng)
         self.shadower = Shadower(self.dispatcher, runtime, rollouts, metrics, self.rng)
         self.similarity = SimilarityCaches(self.cache, metrics, self.rng)
+
+    def _exact(self, model: str) -> ExactCache | None:
+        m = self._runtime().cfg.models.get(model)
+        return m.cache.exact if m is not None and m.cache is not None else None
 
     def model_label(self, model: str | None) -> str:
         """A model name safe to use as a metric label (a bounded set)."""
@@ -116,6 +123,16 @@ class Pipeline:
         return answer.status == (NOT_FOUND_CODE if call.protocol == "grpc" else 404)
 
     async def _route(self, call: Call, fwd: Forwarder, router: ModelRouter, now: float) -> Answer:
+        if not self.fallback.wanted(router, call):
+            return await self._route_primary(call, fwd, router, now)
+        try:
+            primary: Answer | GatewayError = await self._route_primary(call, fwd, router, now)
+        except GatewayError as exc:
+            primary = exc
+        return await self.fallback.recover(call, fwd, router, primary)
+
+    async def _route_primary(self, call: Call, fwd: Forwarder, router: ModelRouter,
+                             now: float) -> Answer:
         model = router.name
         version, candidates, arm = self._resolve(call, router, now)
         if not candidates:
@@ -163,6 +180,9 @@ class Pipeline:
                     mx = self.metrics
                     mx.child(mx.split_arm, model, t.arm).inc()
                 return v, cands, t.arm
+            if t.pool is not None:
+                # A pool target reaches another pool only through a configured fallback.
+                break
             ro = router.cfg.rollout
             if ro is not None and t.arm == ro.canary and any(
                     r.versions.get(model, {}).get(v) == "AVAILABLE" for r in reps.all):

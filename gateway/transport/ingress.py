@@ -25,6 +25,7 @@ log = logging.getLogger("infergate.ingress")
 REPLICA = "x-infergate-replica"
 VERSION = "x-infergate-version"
 CACHE = "x-infergate-cache"
+TIER = "x-infergate-tier"
 # The x-infergate headers of an answer the gateway gives itself: no replica, version or cache.
 OWN_HEADERS: tuple[tuple[str, str], ...] = ((REPLICA, ""), (VERSION, ""), (CACHE, "miss"))
 
@@ -36,7 +37,7 @@ class InternalError(GatewayError):
 def answer_headers(a: Answer) -> list[tuple[str, str]]:
     """The x-infergate headers of an answer (HTTP headers; gRPC initial metadata)."""
     return [(REPLICA, a.replica), (VERSION, "" if a.version is None else str(a.version)),
-            (CACHE, a.cache)]
+            (CACHE, a.cache), (TIER, a.tier)]
 
 
 class IngressHost(Protocol):

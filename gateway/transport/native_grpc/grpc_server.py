@@ -55,7 +55,7 @@ class NativeGrpcIngress:
         self._own = encoder.encode([("x-infergate-replica", ""), ("x-infergate-version", ""),
                                     ("x-infergate-cache", "miss")])
         # whole answer header blocks by (initial metadata, replica, version, cache)
-        self._heads: BoundedMemo[tuple[tuple[tuple[str, str], ...], str, int | None, str],
+        self._heads: BoundedMemo[tuple[tuple[tuple[str, str], ...], str, int | None, str, str],
                                  bytes] = BoundedMemo(_MEMO_MAX)
         self._parsed: BoundedMemo[Headers, _Parsed] = BoundedMemo(_MEMO_MAX)
         self._md_blocks: BoundedMemo[tuple[tuple[str, str | bytes], ...], bytes] = BoundedMemo(
@@ -157,7 +157,7 @@ class NativeGrpcIngress:
         return self._parsed.put(headers, parsed)
 
     def _reply(self, conn: H2ServerConnection, stream: Stream, a: Answer) -> None:
-        key = (tuple(a.headers), a.replica, a.version, a.cache)
+        key = (tuple(a.headers), a.replica, a.version, a.cache, a.tier)
         head = self._heads.get(key)
         if head is None:
             head = self._heads.put(key, self._head_200 + self._metadata(key[0]) + self._tail(a))
@@ -197,7 +197,8 @@ class NativeGrpcIngress:
         return b"".join((
             encode_field("x-infergate-replica", a.replica),
             encode_field("x-infergate-version", "" if a.version is None else str(a.version)),
-            encode_field("x-infergate-cache", a.cache)))
+            encode_field("x-infergate-cache", a.cache),
+            encode_field("x-infergate-tier", a.tier)))
 
     def _own_error(self, conn: H2ServerConnection, stream: Stream, code: int,
                    message: str) -> None:

@@ -39,7 +39,7 @@ class NativeRestIngress:
         self.ingress = ingress
         self._targets: BoundedMemo[tuple[str, str], RestTarget | None] = BoundedMemo(_MEMO_MAX)
         # answer header lines by (relayed headers, replica, version, cache)
-        self._heads: BoundedMemo[tuple[tuple[tuple[str, str], ...], str, int | None, str],
+        self._heads: BoundedMemo[tuple[tuple[tuple[str, str], ...], str, int | None, str, str],
                                  bytes] = BoundedMemo(_MEMO_MAX)
 
     def _target(self, method: str, path: str) -> RestTarget | None:
@@ -53,7 +53,7 @@ class NativeRestIngress:
         return self._targets.put(key, parse_rest_path(method, path))
 
     def encode_answer(self, a: Answer) -> Response:
-        key = (tuple(a.headers), a.replica, a.version, a.cache)
+        key = (tuple(a.headers), a.replica, a.version, a.cache, a.tier)
         lines = self._heads.get(key)
         if lines is None:
             version = "" if a.version is None else str(a.version)
@@ -61,7 +61,8 @@ class NativeRestIngress:
             lines = self._heads.put(key, ("".join(relayed) +
                                           f"x-infergate-replica: {a.replica}\r\n"
                                           f"x-infergate-version: {version}\r\n"
-                                          f"x-infergate-cache: {a.cache}\r\n").encode("latin-1"))
+                                          f"x-infergate-cache: {a.cache}\r\n"
+                                          f"x-infergate-tier: {a.tier}\r\n").encode("latin-1"))
         return a.status, lines, a.body
 
     @property
