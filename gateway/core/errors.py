@@ -92,6 +92,11 @@ class Overloaded(GatewayError):
     code = grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+class BrownedOut(Overloaded):
+    """Not an error a client sees: the call was moved to its model's fallback tier because its
+    pool is in brownout (the primary serves it when no tier can)."""
+
+
 class PayloadTooLarge(GatewayError):
     """Body over the configured limit. REST answers 413; gRPC RESOURCE_EXHAUSTED."""
 

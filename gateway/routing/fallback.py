@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 from gateway.core.call import IDEMPOTENT, Answer, Call, Forwarder
 from gateway.core.errors import (
+    BrownedOut,
     ConnectFailed,
     DeadlineExceeded,
     GatewayError,
@@ -82,12 +83,12 @@ class FallbackStep:
         return exact is not None and exact.stale_if_error_s > 0 and call.method in IDEMPOTENT
 
     async def recover(self, call: Call, fwd: Forwarder, router: ModelRouter,
-                      primary: Answer | GatewayError) -> Answer:
+                      primary: Answer | GatewayError, allow_stale: bool = True) -> Answer:
         """The first tier's good answer, else a stale one, else the primary's outcome."""
         reason = reason_of(primary, call.protocol)
         if reason is None:
             return _give(primary)
-        first_reason = reason
+        first_reason = "brownout" if isinstance(primary, BrownedOut) else reason
         last: Answer | GatewayError = primary
         model = router.name
         if call.method in IDEMPOTENT or not _sent(primary):
@@ -108,7 +109,7 @@ class FallbackStep:
                 last, reason = result, why
                 if call.method not in IDEMPOTENT and _sent(result):
                     break
-        stale = self.cache.stale(call)
+        stale = self.cache.stale(call) if allow_stale else None
         if stale is not None:
             self.metrics.fallbacks.labels(model, first_reason, "stale").inc()
             return stale

@@ -22,12 +22,13 @@ from typing import Protocol
 
 from gateway.cache import PredictionCache
 from gateway.config import ExactCache
-from gateway.core.call import Answer, Call, Forwarder
-from gateway.core.errors import GatewayError, NoReplica, Unauthenticated
+from gateway.core.call import IDEMPOTENT, Answer, Call, Forwarder
+from gateway.core.errors import BrownedOut, GatewayError, NoReplica, Unauthenticated
 from gateway.core.metrics import Metrics
 from gateway.fleet.outlier import OutlierDetector
 from gateway.fleet.replicas import ReplicaState
 from gateway.routing.admission import Admission
+from gateway.routing.brownout import BrownoutPicker
 from gateway.routing.cache_step import CacheStep
 from gateway.routing.dispatch import Dispatcher, UpstreamDone
 from gateway.routing.fallback import FallbackStep
@@ -59,7 +60,8 @@ class Pipeline:
     def __init__(self, runtime: Callable[[], Runtime], metrics: Metrics, discovery: Discovery,
                  rollouts: RolloutFeed, caches: Callable[[str], PredictionCache | None],
                  outlier: OutlierDetector, p95_ms: Callable[[str, float], float | None],
-                 on_upstream_done: UpstreamDone) -> None:
+                 on_upstream_done: UpstreamDone,
+                 brownout: Callable[[str], float] = lambda pool: 0.0) -> None:
         self._runtime = runtime
         self.metrics = metrics
         self.discovery = discovery
@@ -71,6 +73,8 @@ class Pipeline:
                                      on_upstream_done, self.model_label)
         self.cache = CacheStep(self.dispatcher, caches, metrics, self._exact)
         self.fallback = FallbackStep(runtime, self.cache, metrics, self.rng)
+        self._brownout = brownout  # a pool's brownout level, 0..1 (the scale service's)
+        self.browning = BrownoutPicker()
         self.shadower = Shadower(self.dispatcher, runtime, rollouts, metrics, self.rng)
         self.similarity = SimilarityCaches(self.cache, metrics, self.rng)
 
@@ -125,11 +129,33 @@ class Pipeline:
     async def _route(self, call: Call, fwd: Forwarder, router: ModelRouter, now: float) -> Answer:
         if not self.fallback.wanted(router, call):
             return await self._route_primary(call, fwd, router, now)
+        if router.cfg.fallback and self._browned_out(call, router, now):
+            try:
+                moved = await self.fallback.recover(call, fwd, router, BrownedOut("brownout"),
+                                                    allow_stale=False)
+                if moved.tier != "primary":
+                    return moved
+            except GatewayError:
+                pass  # no tier could take it: the primary serves it after all
         try:
             primary: Answer | GatewayError = await self._route_primary(call, fwd, router, now)
         except GatewayError as exc:
             primary = exc
         return await self.fallback.recover(call, fwd, router, primary)
+
+    def _browned_out(self, call: Call, router: ModelRouter, now: float) -> bool:
+        """Whether a brownout of the model's primary pool moves this call down the ladder."""
+        share = router.cfg.brownout_share()
+        if share <= 0.0 or call.method not in IDEMPOTENT:
+            return False
+        reps = self._runtime().replicas
+        latest = reps.latest(router.name)
+        if latest is None:
+            return False
+        lower = {fb.target[5:] for fb in router.cfg.fallback if fb.target.startswith("pool:")}
+        level = max((self._brownout(r.pool) for r in reps.available(router.name, latest)
+                     if r.pool not in lower), default=0.0)
+        return self.browning.divert(router.name, call.headers, level * share, now, self.rng)
 
     async def _route_primary(self, call: Call, fwd: Forwarder, router: ModelRouter,
                              now: float) -> Answer:

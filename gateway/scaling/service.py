@@ -46,6 +46,7 @@ from gateway.scaling import (
     SignalWindow,
     policy_from_mapping,
 )
+from gateway.scaling.brownout import BrownoutLevels, saturated
 
 log = logging.getLogger("infergate.scale")
 
@@ -110,6 +111,7 @@ class ScaleService:
         self.shared = shared
         self.fleet: dict[str, Any] = {"instances": 1, "role": "alone"}
         self._served: dict[str, dict[str, Any]] | None = None  # the leader's, when following
+        self.brownout = BrownoutLevels()
         self.windows: dict[str, SignalWindow] = {}
         self.controllers: dict[str, ScaleController] = {}
         self.decisions: dict[str, ScaleDecision] = {}
@@ -199,6 +201,7 @@ class ScaleService:
         for pool, ctl in self.controllers.items():
             fleet = self.merged(pool, peers) if peers is not None else None
             sig, current = self.signals(pool, now, fleet)
+            self.brownout.update(pool, saturated(sig, ctl.policy), ctl.policy, now)
             d = ctl.evaluate(sig, current, now)
             self.decisions[pool] = d
             if notify:
@@ -275,6 +278,7 @@ class ScaleService:
     def to_json(self) -> dict[str, Any]:
         pools = (self._served if self._served is not None
                  else {p: d.to_json() for p, d in self.decisions.items()})
+        pools = {p: {**d, "brownout": round(self.brownout.level(p), 4)} for p, d in pools.items()}
         if self.shared is None:
             return {"pools": pools}  # the contract's shape, exactly (KEDA's metrics-api reads it)
         return {"pools": pools, "fleet": self.fleet}

@@ -119,3 +119,63 @@ def test_stale_answer_when_no_tier_can(knobs_reset: Fleet, gateway_factory: Any)
     assert headers["x-infergate-tier"] == "stale" and body == fresh
     status, headers, _ = _predict(g, 8.0)
     assert status == 503
+
+
+def test_brownout_moves_sheddable_calls_first_and_recovers(knobs_reset: Fleet,
+                                                           gateway_factory: Any) -> None:
+    """The GPU pool saturates (its p95 passes the up threshold): the brownout level rises over
+    window_up_s and sheddable calls move to the CPU pool (fallback:1) while critical ones stay;
+    when the GPU pool is fast again the level falls over window_down_s and calls come back."""
+    import json
+    import threading
+
+    fleet = knobs_reset
+    cfg = _cfg(fleet, {"routes": [{"split": {"pool:gpu": 100}}],
+                       "fallback": [{"target": "pool:cpu", "on": ["overloaded"]}],
+                       "brownout": {"max_share": 0.5}})
+    cfg["scale_eval_s"] = 0.25
+    cfg["autoscale"] = {"gpu": {"min_replicas": 1, "window_up_s": 1.5, "window_down_s": 2,
+                                "up": {"p95_latency_ms": 60}}}
+    g: GatewayProc = gateway_factory(cfg)
+    fleet.replicas[0].set_knobs(latency_ms=120)
+    tiers: dict[str, list[str]] = {"sheddable": [], "critical": []}
+    stop = threading.Event()
+
+    def send(priority: str) -> None:
+        while not stop.is_set():
+            status, headers, _ = http("POST", g.rest_url + PREDICT, {"instances": [1.0]},
+                                      headers={"x-priority": priority})
+            assert status == 200
+            tiers[priority].append(headers["x-infergate-tier"])
+
+    threads = [threading.Thread(target=send, args=(p,), daemon=True)
+               for p in ("sheddable", "critical") for _ in range(2)]
+    for t in threads:
+        t.start()
+    levels = []
+    try:
+        end = time.monotonic() + 20
+        while time.monotonic() < end:
+            level = json.loads(http("GET", g.admin_url + "/api/scale")[2])["pools"]["gpu"]["brownout"]
+            levels.append(level)
+            if level >= 1.0 and tiers["sheddable"].count("fallback:1") >= 20:
+                break
+            time.sleep(0.1)
+        assert max(levels) >= 1.0, levels[-10:]
+        assert tiers["sheddable"].count("fallback:1") >= 20
+        assert "fallback:1" not in tiers["critical"]
+        fleet.replicas[0].set_knobs(latency_ms=0)
+        end = time.monotonic() + 30
+        while json.loads(http("GET", g.admin_url + "/api/scale")[2])["pools"]["gpu"]["brownout"]:
+            assert time.monotonic() < end, "brownout never fell back to 0"
+            time.sleep(0.1)
+        n = len(tiers["sheddable"])
+        time.sleep(1.0)
+        assert set(tiers["sheddable"][n + 2:]) == {"primary"}
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(10)
+    print(f"\n[drill] brownout: sheddable calls moved {tiers['sheddable'].count('fallback:1')} of "
+          f"{len(tiers['sheddable'])}, critical moved {tiers['critical'].count('fallback:1')} of "
+          f"{len(tiers['critical'])}")

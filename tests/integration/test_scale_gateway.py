@@ -36,7 +36,8 @@ WINDOW_UP_S = 2.0
 WINDOW_DOWN_S = 5.0
 EVAL_S = 0.5
 SIGNAL_KEYS = {"p95_latency_ms", "queue_depth", "gpu_util", "cpu_util", "rps", "capacity_rps"}
-POOL_KEYS = {"current_replicas", "desired_replicas", "direction", "reason", "signals"}
+# The contract (DESIGN.md) plus the brownout level of the pool (0..1; the cost ladder).
+POOL_KEYS = {"current_replicas", "desired_replicas", "direction", "reason", "signals", "brownout"}
 
 
 @pytest.fixture(scope="module")
