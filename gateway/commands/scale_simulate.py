@@ -13,6 +13,11 @@ other signal is replayed as recorded.
 Replay model: the trace's t_s is the controller's clock; a decision's replica count becomes the
 pool's current count `--provision-delay-s` later (0: by the next row). Always true: the same trace
 and flags give the same table and the same PNG bytes.
+
+Cost: when --config prices the pool (`pools.NAME.cost_per_hour`, per replica), the trace's cost
+under these decisions is the replicas in service between each row and the next x that time x the
+price, set beside a fixed fleet of the peak size over the whole trace (docs/cost-ladder.md).
+`--json` prints the decisions, the summary and the cost as one JSON document.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import json
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +68,42 @@ class SimStep:
     point: TracePoint
     signals: Signals
     decision: ScaleDecision
+
+
+@dataclass(frozen=True, slots=True)
+class TraceCost:
+    cost_per_hour: float  # per replica
+    duration_s: float
+    replica_hours: float  # replicas in service x time, under the controller's decisions
+    peak_replicas: int  # the most replicas in service at once
+    scaled: float  # replica_hours x price
+    fixed: float  # peak_replicas x duration x price
+
+    def to_json(self) -> dict[str, Any]:
+        return {"cost_per_hour": self.cost_per_hour, "duration_s": self.duration_s,
+                "replica_hours": round(self.replica_hours, 6), "peak_replicas": self.peak_replicas,
+                "scaled": round(self.scaled, 6), "fixed_peak": round(self.fixed, 6),
+                "saving": round(self.fixed - self.scaled, 6)}
+
+    def line(self) -> str:
+        less = f": {100 * (1 - self.scaled / self.fixed):.0f}% less" if self.fixed > 0 else ""
+        return (f"cost {self.scaled:.4g} for {self.replica_hours:.4g} replica-hours under these "
+                f"decisions; {self.fixed:.4g} for a fixed fleet of {self.peak_replicas} (the peak) "
+                f"over {self.duration_s:g} s, at {self.cost_per_hour:g} per replica-hour{less}")
+
+
+def trace_cost(steps: Sequence[SimStep], cost_per_hour: float) -> TraceCost:
+    """Replicas x time x price: between two rows the pool has the replicas in service at the
+    later one (what the earlier decision, once provisioned, left it with)."""
+    replica_s = 0.0
+    counts = [after.decision.current_replicas for after in steps[1:]]
+    for (before, after), n in zip(pairwise(steps), counts, strict=True):
+        replica_s += n * (after.point.t_s - before.point.t_s)
+    peak = max(counts) if counts else (steps[0].decision.current_replicas if steps else 0)
+    duration = steps[-1].point.t_s - steps[0].point.t_s if steps else 0.0
+    hours = replica_s / 3600.0
+    return TraceCost(cost_per_hour, duration, hours, peak, hours * cost_per_hour,
+                     peak * duration / 3600.0 * cost_per_hour)
 
 
 def _cell(raw: object, where: str) -> float | None:
@@ -219,8 +261,21 @@ def render_png(steps: Sequence[SimStep], policy: PoolScalePolicy) -> bytes:
     return timeline_png(xs, panels)
 
 
-def _policy(args: argparse.Namespace) -> PoolScalePolicy:
+def _price(doc: Mapping[str, Any], pool: str, where: str) -> float | None:
+    """pools.POOL.cost_per_hour of the config, if it gives one."""
+    entry = (doc.get("pools") or {}).get(pool) or {}
+    price = entry.get("cost_per_hour") if isinstance(entry, dict) else None
+    if price is None:
+        return None
+    if isinstance(price, bool) or not isinstance(price, int | float) or price < 0:
+        raise ValueError(f"{where}: pools.{pool}.cost_per_hour: expected a number >= 0")
+    return float(price)
+
+
+def _policy(args: argparse.Namespace) -> tuple[PoolScalePolicy, float | None]:
+    """The pool's scale policy and its price per replica-hour (None: not priced)."""
     raw: dict[str, Any] = {}
+    price = None
     if args.config:
         import yaml
 
@@ -233,12 +288,13 @@ def _policy(args: argparse.Namespace) -> PoolScalePolicy:
             raise ValueError(f"{args.config}: choose --pool from {', '.join(sorted(pools))}")
         raw = dict(pools[pool] or {})
         path = f"autoscale.{pool}"
+        price = _price(doc, pool, args.config)
     else:
         path = "flags"
     for name in ("min_replicas", "max_replicas"):
         if getattr(args, name) is not None:
             raw[name] = getattr(args, name)
-    return policy_from_mapping(raw, path)
+    return policy_from_mapping(raw, path), price
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -255,10 +311,12 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--provision-delay-s", type=float, default=0.0, help="decision-to-ready delay")
     sim.add_argument("--png", help="timeline image to write (default: <trace name>.png here)")
     sim.add_argument("--quiet", action="store_true", help="print only the summary line")
+    sim.add_argument("--json", action="store_true",
+                     help="print decisions, summary and cost as one JSON document")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     trace_path = Path(args.trace)
     try:
-        policy = _policy(args)
+        policy, price = _policy(args)
         trace = load_trace(trace_path)
     except (OSError, ValueError) as exc:
         print(f"infergate scale simulate: {exc}", file=sys.stderr)
@@ -268,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     steps = simulate(trace, policy, initial_replicas=args.initial_replicas,
                      capacity_rps_per_replica=args.capacity_rps, provision_delay_s=args.provision_delay_s)
-    if not args.quiet:
+    if not args.quiet and not args.json:
         print(format_table(steps))
     png_path = Path(args.png) if args.png else Path(trace_path.stem + ".png")
     try:
@@ -278,9 +336,25 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     counts = {d: sum(1 for s in steps if s.decision.direction == d) for d in ("up", "down", "hold")}
     peak = max(s.decision.desired_replicas for s in steps)
+    cost = trace_cost(steps, price) if price is not None else None
+    if args.json:
+        summary = {"decisions": len(steps), **counts, "peak_replicas": peak,
+                   "final_replicas": steps[-1].decision.desired_replicas, "timeline": str(png_path)}
+        print(json.dumps({"summary": summary, "cost": cost.to_json() if cost else None,
+                          "decisions": [_step_json(s) for s in steps]}))
+        return 0
     print(f"{len(steps)} decisions: {counts['up']} up, {counts['down']} down, {counts['hold']} hold; "
           f"peak {peak} replicas; final {steps[-1].decision.desired_replicas}; timeline {png_path}")
+    if cost is not None:
+        print(cost.line())
     return 0
+
+
+def _step_json(s: SimStep) -> dict[str, Any]:
+    d = s.decision
+    return {"t_s": s.point.t_s, "rps": s.point.rps, "p95_latency_ms": s.point.p95_latency_ms,
+            "current_replicas": d.current_replicas, "desired_replicas": d.desired_replicas,
+            "direction": d.direction, "reason": d.reason}
 
 
 if __name__ == "__main__":

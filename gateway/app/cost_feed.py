@@ -1,0 +1,132 @@
+"""Feeds the gateway's `CostLedger` (gateway.scaling.cost) from its hooks and publishes it:
+`GET /api/cost` and the gauges infergate_cost_per_1k_predictions / infergate_cost_last_hour,
+refreshed every `PUBLISH_S`.
+
+The feed: every upstream answer (replica busy seconds), every call a replica answered (by model;
+cache hits cost no replica time and are left out) and, for models with `api_keys`, which key the
+call carried, as a bounded label: `key-` and the first 8 hex digits of the key's SHA-256, taken
+only from the model's configured keys (a key that matches none gives no label, so a client
+cannot make up label values, and no key ever appears as itself).
+
+What must always hold: the per-call work is a few dict updates (a SHA-256 only for models with
+keys); a reload or a discovery swap re-prices the fleet from the moment it applies; gauges of a
+(pool, model) that left the window are removed, not left at their last value.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from gateway.config import GatewayConfig
+from gateway.core.call import Answer, Call
+from gateway.core.metrics import Metrics
+from gateway.core.tasks import spawn
+from gateway.fleet.replicas import ReplicaState
+from gateway.scaling.cost import CostLedger, CostReport, prices
+
+PUBLISH_S = 5.0
+
+KeyLabels = tuple[tuple[bytes, str], ...]  # (SHA-256 digest of a configured key, its label)
+
+
+def key_labels(cfg: GatewayConfig) -> dict[str, KeyLabels]:
+    """Per model with api_keys: each configured key's digest and label."""
+    out: dict[str, KeyLabels] = {}
+    for name, m in cfg.models.items():
+        digests = [bytes.fromhex(k[7:]) if k.startswith("sha256:")
+                   else hashlib.sha256(k.encode()).digest() for k in m.api_keys]
+        if digests:
+            out[name] = tuple((d, "key-" + d.hex()[:8]) for d in digests)
+    return out
+
+
+def key_label(headers: Mapping[str, str], keys: KeyLabels) -> str | None:
+    """The label of the configured key a call carries (x-api-key or Authorization: Bearer, as
+    the router reads it), else None."""
+    given = headers.get("x-api-key")
+    if given is None:
+        scheme, _, value = headers.get("authorization", "").partition(" ")
+        given = value.strip() if scheme.lower() == "bearer" else None
+    if not given:
+        return None
+    digest = hashlib.sha256(given.encode()).digest()
+    for d, label in keys:
+        if hmac.compare_digest(digest, d):
+            return label
+    return None
+
+
+class CostFeed:
+    def __init__(self, config: Callable[[], GatewayConfig], metrics: Metrics,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._config = config
+        self._metrics = metrics
+        self._clock = clock
+        self.ledger = CostLedger()
+        self._keys: dict[str, KeyLabels] = {}
+        self._published: set[tuple[str, ...]] = set()
+        self.configure()
+
+    def configure(self) -> None:
+        """The current config's replicas and prices (after a reload or a discovery swap)."""
+        cfg = self._config()
+        self.ledger.configure(prices(cfg), self._clock())
+        self._keys = key_labels(cfg)
+
+    def upstream(self, replica: ReplicaState, seconds: float, now: float) -> None:
+        self.ledger.busy(replica.name, seconds, now)
+
+    def answered(self, model: str, answer: Answer | None, now: float) -> None:
+        """`model` is the bounded model label; only calls a replica answered count."""
+        if model and answer is not None and answer.replica and answer.cache != "hit":
+            self.ledger.served(answer.replica, model, now)
+
+    def keyed(self, call: Call, answer: Answer) -> Answer:
+        """Counts who a call was for: its tenant (`tenants:`), else the label of its key
+        for a model with api_keys; returns `answer`."""
+        model = call.model
+        if (call.tenant and not call.tenant.endswith(".api_key") and model and answer.replica
+                and answer.cache != "hit"):
+            self.ledger.keyed(answer.replica, model, call.tenant, self._clock())
+            return answer
+        keys = self._keys.get(model) if model else None
+        if keys is not None and model and answer.replica and answer.cache != "hit":
+            label = key_label(call.headers, keys)
+            if label is not None:
+                self.ledger.keyed(answer.replica, model, label, self._clock())
+        return answer
+
+    def report(self) -> CostReport:
+        return self.ledger.report(self._clock())
+
+    def to_json(self) -> dict[str, Any]:
+        return self.report().to_json()
+
+    def publish(self) -> None:
+        rep = self.report()
+        mx = self._metrics
+        seen: set[tuple[str, ...]] = set()
+        for model, m in rep.models.items():
+            mx.cost_last_hour.labels(model).set(m.cost)
+            seen.add((model,))
+            for pool, s in m.by_pool.items():
+                if s.cost_per_1k is not None:
+                    mx.cost_per_1k.labels(pool, model).set(s.cost_per_1k)
+                    seen.add((pool, model))
+        for labels in self._published - seen:
+            gauge = mx.cost_last_hour if len(labels) == 1 else mx.cost_per_1k
+            gauge.remove(*labels)
+        self._published = seen
+
+    def start(self) -> asyncio.Task[None]:
+        return spawn(self._publish_every(PUBLISH_S), "cost-metrics")
+
+    async def _publish_every(self, period_s: float) -> None:
+        while True:
+            self.publish()
+            await asyncio.sleep(period_s)
