@@ -32,6 +32,6 @@ echo "setting up .venv (log: $log) ..."
   # dependencies next to tensorflow-cpu, which provides the same modules.
   .venv/bin/python -m pip install -q "tensorflow-cpu==2.21.0" numpy &&
   .venv/bin/python -m pip install -q --no-deps "tensorflow-serving-api==2.21.0" &&
-  .venv/bin/python -m pip install -q -e ".[test,gpu]"
+  .venv/bin/python -m pip install -q -e ".[test,gpu,tracing,replay]"
 } >"$log" 2>&1 || { tail -40 "$log"; echo "setup failed; see $log" >&2; exit 1; }
 echo "$want" > "$stamp"

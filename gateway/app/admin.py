@@ -142,6 +142,16 @@ async def traffic(request: web.Request) -> web.Response:
     return _json(request.app[GATEWAY].traffic.to_json())
 
 
+async def cost(request: web.Request) -> web.Response:
+    """What the fleet cost over the last hour, per pool, and which models' calls it went to."""
+    return _json(request.app[GATEWAY].cost.to_json())
+
+
+async def tenants(request: web.Request) -> web.Response:
+    """Usage per tenant: calls, errors, 429s, queueing and replica time (names, never keys)."""
+    return _json(request.app[GATEWAY].tenants.to_json())
+
+
 async def cache(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     out: dict[str, Any] = {}
@@ -219,6 +229,8 @@ def build_admin_app(gw: Gateway) -> web.Application:
     app.router.add_get("/api/scale", scale)
     app.router.add_get("/api/traffic", traffic)
     app.router.add_get("/api/cache", cache)
+    app.router.add_get("/api/tenants", tenants)
+    app.router.add_get("/api/cost", cost)
     app.router.add_get("/api/rollouts", rollouts)
     app.router.add_post("/api/rollouts/{model}/{action}", rollout_action)
     app.router.add_get("/", dashboard)

@@ -11,12 +11,16 @@ live worker has, and a worker that stopped publishing drops out within the store
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
+
+from gateway.core.metrics import Metrics
+from gateway.core.shared import SharedStore
 
 _ADDITIVE = frozenset({"counter", "histogram", "summary", "untyped", "unknown", "gaugehistogram"})
 
@@ -52,3 +56,10 @@ def merge_expositions(texts: Iterable[str]) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Merged())
     return generate_latest(registry)
+
+
+async def publish_worker_metrics(store: SharedStore, metrics: Metrics) -> None:
+    """--workers N: this worker's series, every second, for the worker serving the admin API."""
+    while True:
+        await store.publish("metrics", {"text": generate_latest(metrics.registry).decode()})
+        await asyncio.sleep(1.0)

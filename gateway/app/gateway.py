@@ -24,7 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from gateway.app.caches import ModelCaches
+from gateway.app.cost_feed import CostFeed
+from gateway.app.fleet_metrics import publish_worker_metrics
 from gateway.app.listeners import Listeners
+from gateway.app.observability import Observability
+from gateway.app.reload_rules import check_static
 from gateway.app.webhooks import Webhooks
 from gateway.config import ConfigError, GatewayConfig, Replica, load_config
 from gateway.core.call import Answer, Call, Forwarder
@@ -41,11 +45,11 @@ from gateway.rollout.manager import RolloutManager
 from gateway.rollout.store import FileRolloutStore, make_store
 from gateway.routing.pipeline import Pipeline
 from gateway.routing.runtime import Runtime
+from gateway.routing.tenants import TenantBook
 from gateway.scaling.service import ScaleService
 from gateway.scaling.traffic import TrafficStats
 from gateway.transport.busypoll import BusyPoller
 from gateway.transport.compat.upstream import GrpcForwarder, RestForwarder
-from gateway.transport.ingress import Ingress
 from gateway.transport.native_grpc import NativeGrpcForwarder
 from gateway.transport.native_rest import NativeRestForwarder
 
@@ -88,11 +92,15 @@ class Gateway:
         self.scale = ScaleService(lambda: self.runtime, self.metrics, self.webhooks.notify,
                                   self.shared)
         self.traffic = TrafficStats()
+        self.cost = CostFeed(lambda: self.runtime.cfg, self.metrics)  # GET /api/cost
         self.caches = ModelCaches()
         self.caches.sync(cfg)
+        self.tenants = TenantBook(self.metrics, cfg.cache.store)
+        self.tenants.configure(cfg)
         self.pipeline = Pipeline(lambda: self.runtime, self.metrics, self.health, self.rollouts,
                                  self.caches.get, self.outlier, self._p95_ms,
-                                 self._on_upstream_done)
+                                 self._on_upstream_done, self.scale.brownout.level, self.tenants)
+        self.observe = Observability(cfg, self.metrics, self.pipeline.dispatcher, workers_folder)
         self.drains = DrainRegistry(cfg.cache.store, lambda: self.runtime.replicas)
         self.listeners = Listeners(reuse_port)
         self.active_calls = 0  # calls an ingress has taken and not yet answered
@@ -113,7 +121,7 @@ class Gateway:
     # ---- IngressHost -------------------------------------------------------------------------
 
     async def handle(self, call: Call, fwd: Forwarder) -> Answer:
-        return await self.pipeline.handle(call, fwd)
+        return self.cost.keyed(call, await self.pipeline.handle(call, fwd))
 
     def call_started(self) -> None:
         """An ingress has taken a call (the count a drain waits for; busy polling starts)."""
@@ -135,6 +143,7 @@ class Gateway:
         mx.child(mx.requests, protocol, m, version, answer.replica if answer else "", code).inc()
         mx.child(mx.latency, protocol, m).observe(elapsed)
         if m:
+            self.cost.answered(m, answer, now)
             ok = answer is not None and answer.ok(protocol)
             self.traffic.observe(m, answer.arm if answer else "", version, ok, elapsed, now)
             if answer is not None and answer.arm:
@@ -149,6 +158,7 @@ class Gateway:
     def _on_upstream_done(self, replica: ReplicaState, seconds: float, now: float) -> None:
         self.metrics.child(self.metrics.upstream_latency, replica.name).observe(seconds)
         self.scale.observe(replica.pool, seconds, now)
+        self.cost.upstream(replica, seconds, now)
 
     def _overrides(self, model: str) -> tuple[dict[str, float] | None, dict[str, int]]:
         return self.rollouts.weights(model), self.rollouts.label_overrides(model)
@@ -179,7 +189,7 @@ class Gateway:
         old_discovery = self.file_cfg.discovery
         try:
             cfg = load_config(self.config_path)
-            self._check_static(cfg)
+            check_static(self.file_cfg, cfg)
             self.rollouts.configure(cfg.models)
             self.discovery.configure(cfg.discovery)
             runtime = Runtime(self._effective(cfg), self.runtime, self._overrides)
@@ -194,6 +204,7 @@ class Gateway:
         await self._swap(runtime)
         self.file_cfg = cfg
         self.caches.sync(cfg)
+        self.tenants.configure(cfg)
         self.scale.configure()
         self.pipeline.dispatcher.configure(cfg.retries)
         self.listeners.apply(cfg)
@@ -220,6 +231,7 @@ class Gateway:
                 log.warning("new replicas did not all answer their first probe before the swap")
         runtime.replicas.rebuild()
         self.runtime = runtime
+        self.cost.configure()  # prices may have changed, replicas come and go
 
     def _effective(self, cfg: GatewayConfig) -> GatewayConfig:
         """The file's config with the replicas discovery found added to the static ones."""
@@ -259,31 +271,6 @@ class Gateway:
             await asyncio.sleep(1.0)
             self._publish_discovery()
 
-    async def _publish_worker_metrics(self) -> None:
-        """--workers N: this worker's /metrics, for the worker that serves the admin API."""
-        from prometheus_client import generate_latest
-
-        assert self.workers_store is not None
-        while True:
-            await self.workers_store.publish(
-                "metrics", {"text": generate_latest(self.metrics.registry).decode()})
-            await asyncio.sleep(1.0)
-
-    def _check_static(self, cfg: GatewayConfig) -> None:
-        """Settings the live listeners and upstream pools were built with: a reload that changes
-        them is refused with the reason, never applied halfway."""
-        old = self.file_cfg
-        if cfg.listen != old.listen:
-            raise ValueError("listen: addresses cannot change without a restart")
-        if cfg.upstream_tls != old.upstream_tls:
-            raise ValueError("upstream_tls: cannot change without a restart")
-        if cfg.limits.max_message_bytes != old.limits.max_message_bytes:
-            raise ValueError("limits.max_message_bytes: cannot change without a restart (gRPC "
-                             "listeners and upstream channels are sized for it)")
-        if cfg.cache.store != old.cache.store:
-            raise ValueError("cache.store: cannot change without a restart (rollout state and "
-                             "drains live there)")
-
     async def _watch_config(self) -> None:
         while True:
             await asyncio.sleep(1.0)
@@ -311,7 +298,8 @@ class Gateway:
             await self._apply_discovered()
             self._tasks.append(spawn(self._watch_discovery(), "discovery-metrics"))
         if self.workers_store is not None:
-            self._tasks.append(spawn(self._publish_worker_metrics(), "worker-metrics"))
+            self._tasks.append(spawn(publish_worker_metrics(self.workers_store, self.metrics),
+                                     "worker-metrics"))
         try:
             await asyncio.wait_for(self.health.probe_all(), cfg.health.timeout_s * 2 + 1)
         except TimeoutError:
@@ -321,8 +309,10 @@ class Gateway:
         self._tasks.append(spawn(self.rollouts.run(1.0), "rollouts"))
         self.health.start()
         self._tasks.append(self.scale.start())
-        await self.listeners.start_rest(cfg, Ingress(self, "rest", self.rest_fwd, self.metrics))
-        await self.listeners.start_grpc(cfg, Ingress(self, "grpc", self.grpc_fwd, self.metrics))
+        self._tasks.append(self.cost.start())
+        self._tasks.extend(self.observe.start())  # payload log writer; spans flushed at close
+        await self.listeners.start_rest(cfg, self.observe.ingress(self, "rest", self.rest_fwd))
+        await self.listeners.start_grpc(cfg, self.observe.ingress(self, "grpc", self.grpc_fwd))
         if cfg.listen.admin and self.serve_admin:
             await self.listeners.start_admin(cfg.listen.admin, build_admin_app(self))
         if self.config_path is not None:
@@ -365,6 +355,7 @@ class Gateway:
         await self.rollouts.close()
         await self.health.stop()
         await self.drains.close()
+        await self.tenants.close()
         await self.discovery.close()
         if self.shared is not None:
             await self.shared.close()

@@ -135,6 +135,7 @@ PASSTHROUGH = [
     ("drain", "gateway.commands.drain", "REPLICA [--undrain] [--wait]: take a replica out of rotation"),
     ("batch", "gateway.commands.batch", "send a JSONL file of instances through the gateway"),
     ("scale", "gateway.commands.scale_simulate", "scale simulate --trace FILE"),
+    ("replay", "gateway.commands.replay", "LOG --target URL: send a payload log again, compare"),
 ]
 
 

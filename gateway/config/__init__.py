@@ -28,6 +28,7 @@ from gateway.config.models import (
     SimilarityCache,
     Sticky,
 )
+from gateway.config.observe import PayloadLog, Tracing
 from gateway.config.schema import (
     Autoscale,
     CacheStore,
@@ -44,8 +45,13 @@ from gateway.config.schema import (
     UpstreamTls,
     Webhook,
 )
+from gateway.config.tenants import ANONYMOUS, Auth, Tenant, TenantLimits
 
 __all__ = [
+    "ANONYMOUS",
+    "Auth",
+    "Tenant",
+    "TenantLimits",
     "Brownout",
     "Fallback",
     "Pool",
@@ -62,6 +68,7 @@ __all__ = [
     "Listen",
     "Match",
     "Outlier",
+    "PayloadLog",
     "ModelCache",
     "ModelConfig",
     "Replica",
@@ -73,6 +80,7 @@ __all__ = [
     "Sticky",
     "Thresholds",
     "Tls",
+    "Tracing",
     "UpstreamTls",
     "Webhook",
     "json_schema",

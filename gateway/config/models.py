@@ -95,6 +95,14 @@ class Fallback(Frozen):
     target: str  # a label, "version:N" or "pool:NAME", as in split
     on: list[FallbackReason] = ["unavailable", "overloaded", "timeout"]
 
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_on(cls, data: object) -> object:
+        # YAML 1.1 (PyYAML) reads a bare `on:` key as the boolean true: take it as "on".
+        if isinstance(data, dict) and True in data and "on" not in data:
+            data = {("on" if k is True else k): v for k, v in data.items()}
+        return data
+
     @field_validator("target")
     @classmethod
     def _target(cls, v: str) -> str:

@@ -17,6 +17,8 @@ from gateway.config.autoscale import policy_from_mapping
 from gateway.config.base import Frozen, check_hostport
 from gateway.config.discovery import Discovery
 from gateway.config.models import ModelConfig
+from gateway.config.observe import PayloadLog, Tracing
+from gateway.config.tenants import ANONYMOUS, Auth, Tenant
 
 
 class Tls(Frozen):
@@ -203,6 +205,8 @@ class GatewayConfig(Frozen):
     replicas: list[Replica] = []
     discovery: list[Discovery] = []  # replicas found through DNS, beside the static ones
     pools: dict[str, Pool] = {}  # per-pool facts (cost); pools are named by replicas
+    tenants: dict[str, Tenant] = {}  # API keys with models, priority, limits and weights
+    auth: Auth = Auth()
     cache: CacheStore = CacheStore()
     models: dict[str, ModelConfig] = {}
     health: Health = Health()
@@ -217,6 +221,8 @@ class GatewayConfig(Frozen):
     upstream_tls: UpstreamTls | None = None
     admin_token: str | None = Field(default=None, min_length=16)
     admin_token_file: str | None = None
+    tracing: Tracing | None = None  # OpenTelemetry spans to an OTLP receiver (config/observe.py)
+    payload_log: PayloadLog | None = None  # sampled calls with their bodies, for replay
 
     def admin_secret(self) -> str | None:
         """The admin bearer token (inline or read from a file, e.g. a Kubernetes secret)."""
@@ -276,6 +282,16 @@ class GatewayConfig(Frozen):
                     raise ValueError(f"{path}: unknown pool {t[5:]!r} (pools: {sorted(pools)})")
                 if not t.startswith(("pool:", "version:")) and t not in m.labels:
                     raise ValueError(f"{path}: unknown label {t!r} (labels: {sorted(m.labels)})")
+        seen: dict[str, str] = {}
+        for tname, tenant in self.tenants.items():
+            if not re.fullmatch(r"[\w.-]+", tname):
+                raise ValueError(f"tenants.{tname}: a name may hold only letters, digits, '_-.'")
+            if tname == ANONYMOUS and tenant.keys:
+                raise ValueError("tenants.anonymous: admits keyless calls, it has no keys")
+            for k in tenant.keys:
+                if k in seen:
+                    raise ValueError(f"tenants.{tname}.keys: a key of tenant {seen[k]} too")
+                seen[k] = tname
         for pool in self.pools:
             if pool not in pools:
                 raise ValueError(f"pools.{pool}: no replica is in this pool (pools: {sorted(pools)})")

@@ -29,6 +29,8 @@ class Call:
     body: bytes
     deadline: float | None  # monotonic seconds; None: the model's default timeout applies
     extra: object = None  # ingress-specific data (the REST target, the gRPC method path)
+    peer: str = ""  # the client's address (rate limits of failed authentication)
+    tenant: str = ""  # set by admission: the tenant the call is counted against
 
 
 @dataclass(slots=True)

@@ -8,6 +8,8 @@ Messages never carry a stack trace or an internal address.
 
 from __future__ import annotations
 
+import math
+
 import grpc
 import orjson
 
@@ -50,6 +52,11 @@ class GatewayError(Exception):
     @property
     def http_status(self) -> int:
         return GRPC_TO_HTTP.get(self.code, 500)
+
+    @property
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        """HTTP headers the REST answer carries besides the gateway's own (e.g. Retry-After)."""
+        return ()
 
     def rest_body(self) -> bytes:
         return rest_error_body(self.message)
@@ -95,6 +102,23 @@ class Overloaded(GatewayError):
 class BrownedOut(Overloaded):
     """Not an error a client sees: the call was moved to its model's fallback tier because its
     pool is in brownout (the primary serves it when no tier can)."""
+
+
+class RateLimited(Overloaded):
+    """Over a tenant's limit (or too many failed keys from one client): 429 with Retry-After,
+    RESOURCE_EXHAUSTED over gRPC. Never charged to the retry budget: nothing was sent."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    @property
+    def headers(self) -> tuple[tuple[str, str], ...]:
+        return (("retry-after", str(max(1, math.ceil(self.retry_after_s)))),)
+
+
+class PermissionDenied(GatewayError):
+    code = grpc.StatusCode.PERMISSION_DENIED
 
 
 class PayloadTooLarge(GatewayError):

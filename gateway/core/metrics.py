@@ -13,7 +13,7 @@ from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, cast
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client import metrics as _prom_metrics
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.samples import Sample
@@ -243,6 +243,13 @@ class Metrics:
         self.errors = Counter(
             "infergate_gateway_errors_total", "Errors answered by the gateway itself.",
             ["protocol", "kind"], registry=r)
+        self.payload_logged = Counter(
+            "infergate_payload_log_records_total", "Sampled calls written to the payload log.",
+            registry=r)
+        self.payload_dropped = Counter(
+            "infergate_payload_log_dropped_total",
+            "Sampled calls not written: the writer's queue was full (a slow disk) or a write "
+            "failed.", registry=r)
         self.sticky_fallback = Counter(
             "infergate_sticky_key_missing_total",
             "Calls to a sticky model that carried no session key (balanced instead).",
@@ -262,6 +269,28 @@ class Metrics:
             "First calls for a model name the gateway did not know, by outcome: found (a replica "
             "serves it), absent (none does), cached (absent a moment ago: not probed again), "
             "limited (over health.discovery_per_s: not probed).", ["outcome"], registry=r)
+        self.auth_failures = Counter(
+            "infergate_auth_failures_total",
+            "Calls refused for their key: missing_key, unknown_key, model_not_allowed.",
+            ["reason"], registry=r)
+        self.tenant_calls = Counter(
+            "infergate_tenant_calls_total", "Admitted calls per tenant by outcome (ok, error).",
+            ["tenant", "outcome"], registry=r)
+        self.tenant_rate_limited = Counter(
+            "infergate_tenant_rate_limited_total",
+            "Calls refused with 429 / RESOURCE_EXHAUSTED for a tenant's rate or concurrency limit.",
+            ["tenant"], registry=r)
+        self.tenant_queue_seconds = Histogram(
+            "infergate_tenant_queue_seconds",
+            "Time a tenant's calls waited in the gateway's queue for a replica slot.",
+            ["tenant"], registry=r,
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
+        self.tenant_replica_seconds = Counter(
+            "infergate_tenant_replica_seconds_total",
+            "Replica time (upstream seconds) used by a tenant's calls.", ["tenant"], registry=r)
+        self.tenant_limit_fallbacks = Counter(
+            "infergate_tenant_limit_fallbacks_total",
+            "Rate-limit decisions taken per gateway because Redis did not answer.", registry=r)
         self.fallbacks = Counter(
             "infergate_fallbacks_total",
             "Calls answered by a lower tier: a fallback target (fallback:N) or a stale cache "
@@ -309,6 +338,14 @@ class Metrics:
         self.shadow = Counter(
             "infergate_shadow_requests_total", "Mirrored calls by outcome.", ["model", "outcome"],
             registry=r)
+        self.cost_per_1k = Gauge(
+            "infergate_cost_per_1k_predictions",
+            "Cost of 1000 calls answered by a pool's replicas over the last hour (their price "
+            "shared among the calls they served; see /api/cost).", ["pool", "model"], registry=r)
+        self.cost_last_hour = Gauge(
+            "infergate_cost_last_hour",
+            "What the calls for a model cost over the last hour (idle replicas not included).",
+            ["model"], registry=r)
 
     def child(self, metric: Any, *values: str) -> Any:
         """`metric.labels(*values)`, cached (the lock-free kinds look their series up directly)."""

@@ -30,9 +30,11 @@ from gateway.core.errors import (
 from gateway.core.metrics import Metrics
 from gateway.fleet.outlier import OutlierDetector
 from gateway.fleet.replicas import ReplicaState
+from gateway.observe import Tracer
 from gateway.routing.admission import Admission
 from gateway.routing.budget import RetryBudget
 from gateway.routing.runtime import Runtime
+from gateway.routing.tenants import TenantBook
 
 DEADLINE_CODE = 4  # grpc.StatusCode.DEADLINE_EXCEEDED
 
@@ -43,7 +45,8 @@ UpstreamDone = Callable[[ReplicaState, float, float], None]
 class Dispatcher:
     def __init__(self, runtime: Callable[[], Runtime], metrics: Metrics, admission: Admission,
                  outlier: OutlierDetector, p95_ms: Callable[[str, float], float | None],
-                 on_done: UpstreamDone, model_label: Callable[[str | None], str]) -> None:
+                 on_done: UpstreamDone, model_label: Callable[[str | None], str],
+                 tenants: TenantBook | None = None) -> None:
         self._runtime = runtime
         self.metrics = metrics
         self.admission = admission
@@ -51,10 +54,18 @@ class Dispatcher:
         self._p95_ms = p95_ms  # a model's recent p95 (the hedge delay when none is configured)
         self._on_done = on_done
         self._label = model_label
+        self.tenants = tenants
         retries = runtime().cfg.retries
         self.budget = RetryBudget(retries.budget_ratio, retries.min_per_s, time.monotonic)
         self._p95: dict[str, tuple[float, float]] = {}
         self._hedge_budgets: dict[str, RetryBudget] = {}
+
+    def trace(self, tracer: Tracer) -> None:
+        """Tracing on: every try (retries, hedges and shadow copies go through `attempt`) runs
+        in a client span and sends it as the replica's traceparent. Off, this is never called
+        and `attempt` stays the plain method."""
+        if "attempt" not in vars(self):
+            self.attempt = tracer.traced_attempt(self.attempt)  # type: ignore[method-assign,assignment]
 
     def configure(self, retries: Retries) -> None:
         """A reload: the budget's settings change, its window carries on."""
@@ -71,9 +82,9 @@ class Dispatcher:
         limits = rt.cfg.limits
         cap = limits.max_in_flight_per_replica
         open_ = [r for r in ranked if r.in_flight < cap]
-        # The queue (and its coroutine) only when every replica is full.
-        ranked = open_ if open_ else await self.admission.wait_for_slot(
-            ranked, cap, limits.max_queue, deadline)
+        # The queue (and its coroutine) only when every replica is full, or calls wait already.
+        ranked = (open_ if open_ and not self.admission.queued
+                  else await self._queue(call, ranked, cap, limits.max_queue, deadline))
         idempotent = call.method in IDEMPOTENT
         attempts = min(len(ranked), rt.cfg.retries.max_attempts if idempotent else 1)
         hedge = rt.hedge_for(call.model) if idempotent else None
@@ -121,6 +132,21 @@ class Dispatcher:
         if isinstance(last, GatewayError):
             raise last
         raise NoReplica("No replica answered")
+
+    async def _queue(self, call: Call, ranked: list[ReplicaState], cap: int, max_queue: int,
+                     deadline: float) -> list[ReplicaState]:
+        """Wait for a replica slot in the fair queue (by the call's tenant and priority)."""
+        tenants, name = self.tenants, call.tenant
+        if tenants is None or not name:
+            return await self.admission.wait_for_slot(
+                ranked, cap, max_queue, deadline, priority=call.headers.get("x-priority", "standard"))
+        t0 = time.monotonic()
+        try:
+            return await self.admission.wait_for_slot(
+                ranked, cap, max_queue, deadline, name, tenants.weight(name),
+                tenants.priority(name, call.headers))
+        finally:
+            tenants.queued(name, time.monotonic() - t0)
 
     async def try_once(self, call: Call, fwd: Forwarder, replica: ReplicaState,
                        version: int | None, remaining: float) -> Answer | GatewayError:
@@ -207,6 +233,8 @@ class Dispatcher:
             replica.in_flight -= 1
             admission.finished()
             replica.requests += 1
+            if call.tenant and self.tenants is not None:
+                self.tenants.replica_seconds(call.tenant, t1 - t0)
             if refused:
                 self.outlier.on_refused(replica, t1)
             elif failed:

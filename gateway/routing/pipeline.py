@@ -23,7 +23,7 @@ from typing import Protocol
 from gateway.cache import PredictionCache
 from gateway.config import ExactCache
 from gateway.core.call import IDEMPOTENT, Answer, Call, Forwarder
-from gateway.core.errors import BrownedOut, GatewayError, NoReplica, Unauthenticated
+from gateway.core.errors import BrownedOut, GatewayError, NoReplica
 from gateway.core.metrics import Metrics
 from gateway.fleet.outlier import OutlierDetector
 from gateway.fleet.replicas import ReplicaState
@@ -36,6 +36,7 @@ from gateway.routing.router import ModelRouter
 from gateway.routing.runtime import Runtime
 from gateway.routing.shadow import RolloutView, Shadower
 from gateway.routing.similarity import SimilarityCaches
+from gateway.routing.tenants import OPEN, TenantBook
 from policies.base import PickContext
 
 NOT_FOUND_CODE = 5  # grpc.StatusCode.NOT_FOUND
@@ -61,16 +62,18 @@ class Pipeline:
                  rollouts: RolloutFeed, caches: Callable[[str], PredictionCache | None],
                  outlier: OutlierDetector, p95_ms: Callable[[str, float], float | None],
                  on_upstream_done: UpstreamDone,
-                 brownout: Callable[[str], float] = lambda pool: 0.0) -> None:
+                 brownout: Callable[[str], float] = lambda pool: 0.0,
+                 tenants: TenantBook | None = None) -> None:
         self._runtime = runtime
         self.metrics = metrics
         self.discovery = discovery
         self.rollouts = rollouts
         self.rng = random.Random()
         self._rr = 0
+        self.tenants = tenants if tenants is not None else TenantBook(metrics)
         self.admission = Admission(metrics)
         self.dispatcher = Dispatcher(runtime, metrics, self.admission, outlier, p95_ms,
-                                     on_upstream_done, self.model_label)
+                                     on_upstream_done, self.model_label, self.tenants)
         self.cache = CacheStep(self.dispatcher, caches, metrics, self._exact)
         self.fallback = FallbackStep(runtime, self.cache, metrics, self.rng)
         self._brownout = brownout  # a pool's brownout level, 0..1 (the scale service's)
@@ -93,18 +96,38 @@ class Pipeline:
     async def handle(self, call: Call, fwd: Forwarder) -> Answer:
         rt = self._runtime()
         now = time.monotonic()
-        if self.admission.in_flight >= rt.admission_limit * 0.8:  # shedding starts at 80 %
-            self.admission.check(call.headers, rt.admission_limit)
         model = call.model
         if not model:
+            self._door(call.headers.get("x-priority", "standard"), rt)
             if call.method == "reload":
                 return await self._broadcast(call, fwd, now)
             return await self.dispatcher.send(call, fwd, self._any(now), None, "", now)
-        if not rt.replicas.knows(model):
-            await self.discovery.discover(model)
         router = rt.router(model)
-        if not router.authorized(call.headers):
-            raise Unauthenticated(f"Missing or invalid API key for model {model}")
+        if not (self.tenants.active or router.key_digests):
+            self._door(call.headers.get("x-priority", "standard"), rt)
+            return await self._serve(call, fwd, router, now)
+        tenant = await self.tenants.admit(call, router, now)
+        if tenant == OPEN:
+            self._door(call.headers.get("x-priority", "standard"), rt)
+            return await self._serve(call, fwd, router, now)
+        ok = False
+        try:
+            self._door(self.tenants.priority(tenant, call.headers), rt)
+            answer = await self._serve(call, fwd, router, now)
+            ok = answer.ok(call.protocol)
+            return answer
+        finally:
+            self.tenants.release(tenant, ok)
+
+    def _door(self, priority: str, rt: Runtime) -> None:
+        """Shed at the door when the gateway holds too many calls (from 80 % of its limit)."""
+        if self.admission.in_flight >= rt.admission_limit * 0.8:
+            self.admission.check(priority, rt.admission_limit)
+
+    async def _serve(self, call: Call, fwd: Forwarder, router: ModelRouter, now: float) -> Answer:
+        model = router.name
+        if not self._runtime().replicas.knows(model):
+            await self.discovery.discover(model)
         answer = await self._route(call, fwd, router, now)
         if (answer.status == (NOT_FOUND_CODE if call.protocol == "grpc" else 404)
                 and self._chosen_version_vanished(call, router, answer)):

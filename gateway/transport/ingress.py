@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from gateway.core.call import Answer, Call, Forwarder
 from gateway.core.errors import GatewayError
 from gateway.core.metrics import Metrics
+
+if TYPE_CHECKING:
+    from gateway.observe import CallObserver
 
 log = logging.getLogger("infergate.ingress")
 
@@ -60,11 +63,16 @@ class IngressHost(Protocol):
 class Ingress:
     """One protocol's door into the pipeline (`protocol` is "rest" or "grpc")."""
 
-    def __init__(self, host: IngressHost, protocol: str, fwd: Forwarder, metrics: Metrics) -> None:
+    def __init__(self, host: IngressHost, protocol: str, fwd: Forwarder, metrics: Metrics,
+                 observer: CallObserver | None = None) -> None:
         self.host = host
         self.protocol = protocol
         self.fwd = fwd
         self.metrics = metrics
+        if observer is not None:
+            # Tracing or payload logging: this instance's `answer` is the observed one. Without
+            # an observer the class's own stays, not even a None check on the call's path.
+            self.answer = observer.wrap(self.answer)  # type: ignore[method-assign,assignment]
 
     @property
     def draining(self) -> bool:

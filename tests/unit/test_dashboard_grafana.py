@@ -76,5 +76,6 @@ def test_every_query_names_an_exported_metric() -> None:
                      "infergate_replica_healthy", "infergate_replica_gpu_utilization",
                      "infergate_cache_requests_total", "infergate_scale_desired_replicas",
                      "infergate_scale_signal", "infergate_rollout_canary_weight",
-                     "infergate_shadow_requests_total"):
+                     "infergate_shadow_requests_total", "infergate_cost_per_1k_predictions",
+                     "infergate_cost_last_hour"):
         assert required in used, required

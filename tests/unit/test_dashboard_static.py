@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 PAGE = Path(__file__).resolve().parents[2] / "gateway" / "app" / "dashboard.html"
-ENDPOINTS = ["/api/replicas", "/api/models", "/api/traffic", "/api/rollouts", "/api/cache", "/api/scale"]
+ENDPOINTS = ["/api/replicas", "/api/models", "/api/traffic", "/api/rollouts", "/api/cache", "/api/scale",
+             "/api/cost", "/api/tenants"]
 VOID = {"area", "base", "br", "col", "embed", "hr", "img", "input", "link", "meta", "source", "track", "wbr"}
 
 
@@ -69,7 +70,7 @@ def test_the_page_is_well_formed() -> None:
     assert html.startswith("<!DOCTYPE html>")
     tree = parse(html)
     assert tree.errors == [] and tree.stack == []
-    assert {"replicas", "traffic", "rollouts", "cache", "scale", "updated", "status"} <= tree.ids
+    assert {"replicas", "traffic", "rollouts", "cache", "scale", "cost", "updated", "status"} <= tree.ids
     assert len(tree.scripts) == 1
 
 
@@ -130,6 +131,14 @@ API = {
                                      "reason": "p95_latency_ms 250 > 200",
                                      "signals": {"p95_latency_ms": 250.0, "queue_depth": 3,
                                                  "gpu_util": 0.91, "cpu_util": None}}}},
+    "/api/tenants": {"shared": False, "tenants": {"search": {
+        "priority": "standard", "weight": 3, "models": "*", "limits": None, "calls": 10,
+        "errors": 0, "rate_limited": 2, "in_flight": 1, "queue_s": 0.5, "replica_s": 1.2}}},
+    "/api/cost": {"window_s": 3600, "currency": None, "unpriced": ["<i>edge</i>"],
+                  "pools": {"gpu": {"cost_per_hour": 4.32, "replicas": 2, "cost": 4.0, "idle_cost": 1.0}},
+                  "models": {"half_plus_two": {"calls": 1200, "cost": 3.0, "cost_per_1k": 2.5,
+                                               "by_pool": {"gpu": {"calls": 1200, "cost": 3.0,
+                                                                   "cost_per_1k": 2.5}}}}},
 }
 
 HARNESS = r"""
@@ -211,6 +220,9 @@ class Collect(HTMLParser):
     def having(self, attr: str) -> list[dict[str, str | None]]:
         return [a for _t, a in self.tags if attr in a]
 
+    def tags_with(self, attr: str, tag: str) -> list[dict[str, str | None]]:
+        return [a for t, a in self.tags if t == tag and attr in a]
+
 
 @pytest.mark.skipif(shutil.which("node") is None, reason="node not installed")
 def test_the_script_renders_every_section(api_url: str, tmp_path: Path) -> None:
@@ -243,5 +255,12 @@ def test_the_script_renders_every_section(api_url: str, tmp_path: Path) -> None:
     scale = Collect(out["#scale .body"])
     assert [(a["data-pool"], a["data-direction"]) for a in scale.having("data-pool")] == [("gpu", "up")]
     assert "n/a" in "".join(scale.text)  # cpu_util null
+
+    cost = Collect(out["#cost .body"])
+    assert [a["data-pool"] for a in cost.tags_with("data-pool", "tr")] == ["gpu", "gpu"]
+    assert [a["data-model"] for a in cost.having("data-model")] == ["half_plus_two"]
+    text = "".join(cost.text)
+    assert "2.5000" in text and "25%" in text and "<i>edge</i>" in text  # idle share; escaped name
+    assert not any(t == "i" and not a for t, a in cost.tags)
 
     assert "n/a" in out["#cache .body"] and "/api/cache" in out["#status"]

@@ -80,11 +80,13 @@ class GrpcIngress(grpc.GenericRpcHandler):
                     spec = read_spec(body, multi=method == "multi_inference")
                 except WireError:
                     spec = None  # the replica answers a malformed request itself
+            peer = context.peer() or ""  # "ipv4:ADDR:PORT", "ipv6:[ADDR]:PORT"
+            peer = peer.partition(":")[2].rpartition(":")[0].strip("[]") or peer
             if spec is None or not spec.name:
                 return Call("grpc", method if method == "reload" else "other", None, None, None,
-                            "", md, body, deadline, rpc)
+                            "", md, body, deadline, rpc, peer)
             return Call("grpc", method, spec.name, spec.version, spec.label, spec.signature, md,
-                        body, deadline, rpc)
+                        body, deadline, rpc, peer)
 
         result = await self.ingress.serve(build, t0)
         if isinstance(result, GatewayError):

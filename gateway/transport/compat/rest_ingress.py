@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.web_request import BaseRequest
 
-from gateway.core.call import Answer
+from gateway.core.call import Answer, Call
 from gateway.core.errors import GatewayError, PayloadTooLarge, rest_error_body
 from gateway.transport.ingress import OWN_HEADERS, Ingress, answer_headers
 from gateway.transport.rest_call import rest_call
@@ -93,17 +93,24 @@ class RestIngress:
             self.ingress.refused(exc, None, t0)
             return _error(exc.http_status, exc.message)
         headers = {k.lower(): v for k, v in request.headers.items()}
-        result = await self.ingress.serve(
-            lambda: rest_call(request.method, raw, headers, body, t0), t0)
+        peer = request.remote or ""
+
+        def build() -> Call:
+            call = rest_call(request.method, raw, headers, body, t0)
+            call.peer = peer
+            return call
+
+        result = await self.ingress.serve(build, t0)
         if isinstance(result, GatewayError):
-            return _error(result.http_status, result.message)
+            return _error(result.http_status, result.message, result.headers)
         return _answer(result)
 
 
-def _error(status: int, message: str) -> web.Response:
+def _error(status: int, message: str,
+           extra: tuple[tuple[str, str], ...] = ()) -> web.Response:
     """An answer of the gateway itself: no replica, no version, never from the cache."""
     return web.Response(status=status, body=rest_error_body(message),
-                        headers={"Content-Type": JSON, **dict(OWN_HEADERS)})
+                        headers={"Content-Type": JSON, **dict(OWN_HEADERS), **dict(extra)})
 
 
 def _answer(a: Answer) -> web.Response:

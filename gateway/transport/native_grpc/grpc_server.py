@@ -123,6 +123,7 @@ class NativeGrpcIngress:
         else:
             call = Call("grpc", method, spec.name, spec.version, spec.label, spec.signature, md,
                         body, deadline, target)
+        call.peer = conn.peer
         result = await self.ingress.answer(call, t0)
         if isinstance(result, GatewayError):
             self._own_error(conn, stream, result.code.value[0], result.message)

@@ -51,12 +51,15 @@ class H2ServerConnection(H2Connection):
         super().__init__(limits, encoder)
         self.app = app
         self.registry = registry
+        self.peer = ""  # the client's address, once connected
         self._preface = b""
         self._preface_done = False
         self._final_goaway: int | None = None  # last stream id served after a drain
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        peer = transport.get_extra_info("peername")
+        self.peer = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         self.registry.add(self)
 
     def data_received(self, data: bytes) -> None:

@@ -49,15 +49,16 @@ class HttpRequest:
     """One parsed request. `headers` has lower-case names; values are latin-1 decoded, so every
     byte the client sent survives a round trip through `str`."""
 
-    __slots__ = ("method", "target", "headers", "body", "keep_alive")
+    __slots__ = ("method", "target", "headers", "body", "keep_alive", "peer")
 
     def __init__(self, method: str, target: str, headers: dict[str, str], body: bytes,
-                 keep_alive: bool) -> None:
+                 keep_alive: bool, peer: str = "") -> None:
         self.method = method
         self.target = target
         self.headers = headers
         self.body = body
         self.keep_alive = keep_alive
+        self.peer = peer
 
 
 # status, header lines ("Name: value\r\n" each; no Content-Length, no Connection), body

@@ -87,15 +87,17 @@ class NativeRestIngress:
         try:
             call = rest_call(request.method, request.target, request.headers, request.body, t0,
                              self._target)
+            call.peer = request.peer
         except GatewayError as exc:
             self.ingress.refused(exc, None, t0)
             return error(exc.http_status, exc.message)
         result = await self.ingress.answer(call, t0)
         if isinstance(result, GatewayError):
-            return error(result.http_status, result.message)
+            return error(result.http_status, result.message, result.headers)
         return self.encode_answer(result)
 
 
-def error(status: int, message: str) -> Response:
-    return status, _OWN, rest_error_body(message)
+def error(status: int, message: str, headers: tuple[tuple[str, str], ...] = ()) -> Response:
+    lines = _OWN + "".join(f"{k}: {v}\r\n" for k, v in headers).encode("latin-1") if headers else _OWN
+    return status, lines, rest_error_body(message)
 

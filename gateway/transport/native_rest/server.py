@@ -47,6 +47,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self._limits = limits
         self._loop = asyncio.get_running_loop()
         self._transport: asyncio.Transport | None = None
+        self._peer = ""  # the client's address
         # every byte to the client goes through here, in order (gateway.transport.native_rest.cork)
         self._out = CorkedOutput(cork or Cork(self._loop))
         self._parser = httptools.HttpRequestParser(self)
@@ -81,6 +82,8 @@ class HttpServerProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it
         self._transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self._peer = str(peer[0]) if isinstance(peer, tuple) and peer else ""
         self._out.attach(self._transport)
         self._phase_since = self._loop.time()
         self._timer = self._loop.call_later(self._tick_s, self._tick)
@@ -184,7 +187,7 @@ class HttpServerProtocol(asyncio.Protocol):
         body = self._body[0] if len(self._body) == 1 else b"".join(self._body)
         parser = self._parser
         req = HttpRequest(parser.get_method().decode("ascii"), self._url.decode("latin-1"),
-                          self._headers, body, parser.should_keep_alive())
+                          self._headers, body, parser.should_keep_alive(), self._peer)
         self._in_message = False
         self._expect_continue = False
         self._body = []

@@ -1,0 +1,198 @@
+"""OpenTelemetry tracing of the gateway's calls: a server span for each call an ingress takes,
+a client span for each upstream try (a retry, a hedge and a shadow copy are tries of their
+own), and each try's own traceparent sent to the replica.
+
+W3C Trace Context (https://www.w3.org/TR/trace-context/): a client's traceparent/tracestate
+(REST headers, gRPC metadata: both in `Call.headers`) is continued; without one the gateway
+starts a trace for a share of its calls (TraceIdRatioBased under a parent-based sampler, so a
+client's sampled flag decides for its own calls). Spans leave in batches from the SDK's own
+thread to an OTLP receiver (HTTP/protobuf or gRPC).
+
+What must always hold: nothing here runs unless `tracing` is configured (the ingress and the
+dispatcher hold a `Tracer` or None, and None leaves their path as it is); the OpenTelemetry
+packages (the `tracing` extra) are imported only when a Tracer is built; the server span is the
+current span while the call is routed, so tries started by the call's task or by tasks it
+spawns (hedges, shadow copies) are its children; a try's traceparent names the try's span,
+never the client's.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+from collections.abc import Callable, Coroutine
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from gateway.config import Tracing
+from gateway.core.call import Answer, Call, Forwarder, Upstream
+from gateway.core.errors import GatewayError
+
+if TYPE_CHECKING:
+    from opentelemetry.context import Context
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.trace import Span
+
+log = logging.getLogger("infergate.tracing")
+TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
+R = TypeVar("R", bound=Upstream)
+Attempt = Callable[[Call, Forwarder, R, int | None, float], Coroutine[Any, Any, Answer]]
+
+
+class TracingUnavailable(RuntimeError):
+    """`tracing` is configured but the OpenTelemetry packages are not installed."""
+
+
+def _load_otel(cfg: Tracing) -> dict[str, Any]:
+    """The SDK's TracerProvider and its batch processor (exporting to the receiver), the W3C
+    propagator, the API's context and trace modules. Imported here, not at the top: they are
+    the optional `tracing` extra."""
+    from opentelemetry import context, trace
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    exporter: Any
+    if cfg.protocol == "http":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        exporter = OTLPSpanExporter(endpoint=cfg.otlp_endpoint + "/v1/traces",
+                                    headers=dict(cfg.headers))
+    else:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+            OTLPSpanExporter as GrpcSpanExporter,
+        )
+
+        exporter = GrpcSpanExporter(endpoint=cfg.otlp_endpoint, headers=dict(cfg.headers),
+                                    insecure=cfg.otlp_endpoint.startswith("http://"))
+    # No atexit hook: Tracer.shutdown flushes within a bound at close (the SDK's own waits 30 s
+    # for an unreachable receiver).
+    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(cfg.sample_ratio)),
+                              resource=Resource.create({"service.name": cfg.service_name}),
+                              shutdown_on_exit=False)
+    processor = BatchSpanProcessor(exporter)
+    provider.add_span_processor(processor)
+    return {"provider": provider, "processor": processor,
+            "propagator": TraceContextTextMapPropagator(), "context": context, "trace": trace}
+
+
+def with_trace_headers(call: Call, carrier: dict[str, str]) -> Call:
+    """A copy of `call` whose traceparent/tracestate are `carrier`'s, in its headers and in
+    the caller's metadata a gRPC forwarder sends when the ingress kept it (Call.extra's
+    `wire_metadata` or `metadata`, whichever the forwarder reads first)."""
+    headers = {k: v for k, v in call.headers.items() if k not in TRACE_HEADERS}
+    headers.update(carrier)
+    extra = call.extra
+    for attr in ("wire_metadata", "metadata"):
+        pairs = getattr(extra, attr, None)
+        if pairs:
+            extra = copy.copy(extra)
+            setattr(extra, attr, tuple(p for p in pairs if p[0] not in TRACE_HEADERS)
+                    + tuple(carrier.items()))
+            break
+    return dataclasses.replace(call, headers=headers, extra=extra)
+
+
+class Tracer:
+    """The spans of one gateway process. Built only when `tracing` is configured."""
+
+    def __init__(self, cfg: Tracing) -> None:
+        try:
+            otel = _load_otel(cfg)
+        except ImportError as exc:
+            raise TracingUnavailable(
+                "tracing is configured but OpenTelemetry is not installed: "
+                "pip install 'infergate[tracing]'") from exc
+        self.provider: TracerProvider = otel["provider"]
+        self._processor = otel["processor"]
+        self._tracer = self.provider.get_tracer("infergate")
+        self._propagator = otel["propagator"]
+        self._context = otel["context"]
+        self._trace = trace = otel["trace"]
+        self._server = trace.SpanKind.SERVER
+        self._client = trace.SpanKind.CLIENT
+
+    # ---- the gateway call ----------------------------------------------------------------
+
+    def start_call(self, call: Call) -> tuple[Span, object]:
+        """The call's server span, made the current one (returns it and the token to detach)."""
+        headers = call.headers
+        parent: Context | None = (self._propagator.extract(headers)
+                                  if "traceparent" in headers else None)
+        span = self._tracer.start_span(f"{call.protocol} {call.method}", context=parent,
+                                       kind=self._server)
+        if span.is_recording():
+            span.set_attributes({"infergate.protocol": call.protocol,
+                                 "infergate.model": call.model or "",
+                                 "infergate.label": call.label or "",
+                                 "infergate.request.size": len(call.body)})
+        token = self._context.attach(self._trace.set_span_in_context(span, parent))
+        return span, token
+
+    def end_call(self, span: Span, token: object, call: Call,
+                 result: Answer | GatewayError) -> None:
+        self._context.detach(token)
+        if span.is_recording():
+            if isinstance(result, Answer):
+                version = result.version if result.version is not None else call.version
+                span.set_attributes({
+                    "infergate.version": -1 if version is None else version,
+                    "infergate.arm": result.arm, "infergate.replica": result.replica,
+                    "infergate.cache": result.cache, "infergate.tier": result.tier,
+                    "infergate.status": result.status, "infergate.response.size": len(result.body)})
+                if not result.ok(call.protocol):
+                    span.set_status(self._trace.StatusCode.ERROR)
+            else:
+                code = result.code.value[0] if call.protocol == "grpc" else result.http_status
+                span.set_attributes({"infergate.status": code, "infergate.cache": "miss",
+                                     "infergate.error": type(result).__name__})
+                span.set_status(self._trace.StatusCode.ERROR, result.message)
+        span.end()
+
+    # ---- upstream tries ------------------------------------------------------------------
+
+    def traced_attempt(self, attempt: Attempt[R]) -> Attempt[R]:
+        """`attempt` (one try at one replica) inside a client span, the call's headers carrying
+        that span as the replica's parent."""
+        tracer, client, trace = self._tracer, self._client, self._trace
+        inject = self._propagator.inject
+
+        async def traced(call: Call, fwd: Forwarder, replica: R, version: int | None,
+                         timeout: float) -> Answer:
+            span = tracer.start_span(f"upstream {call.method}", kind=client)
+            carrier: dict[str, str] = {}
+            inject(carrier, context=trace.set_span_in_context(span))
+            recording = span.is_recording()
+            if recording:
+                span.set_attributes({
+                    "infergate.model": call.model or "", "infergate.label": call.label or "",
+                    "infergate.version": -1 if version is None else version,
+                    "infergate.replica": replica.name, "infergate.request.size": len(call.body)})
+            try:
+                answer = await attempt(with_trace_headers(call, carrier), fwd, replica, version,
+                                       timeout)
+            except BaseException as exc:  # a failed try, or a hedge's loser cancelled
+                if recording:
+                    span.set_attribute("infergate.error", type(exc).__name__)
+                    span.set_status(trace.StatusCode.ERROR, str(exc)[:200])
+                span.end()
+                raise
+            if recording:
+                span.set_attributes({"infergate.status": answer.status,
+                                     "infergate.response.size": len(answer.body)})
+                if not answer.ok(call.protocol):
+                    span.set_status(trace.StatusCode.ERROR)
+            span.end()
+            return answer
+
+        return traced
+
+    def shutdown(self, timeout_s: float = 5.0) -> None:
+        """Send the spans still waiting, stop the exporter; an unreachable receiver holds the
+        gateway's exit for `timeout_s` at most (blocks: call it in a thread)."""
+        if self._processor.force_flush(int(timeout_s * 1000)):
+            self.provider.shutdown()  # nothing left to send: returns at once
+        else:  # the exporter's thread is a daemon: it ends with the process
+            log.warning("tracing: spans not sent within %.0f s of closing; dropped", timeout_s)
