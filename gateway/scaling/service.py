@@ -206,7 +206,9 @@ class ScaleService:
             self.decisions[pool] = d
             if notify:
                 self._publish_gauges(pool, d.to_json())
-                self._send_webhook(pool, d.to_json())
+                # The webhook body is the pool's /api/scale object (brownout level included).
+                self._send_webhook(pool, {**d.to_json(),
+                                          "brownout": round(self.brownout.level(pool), 4)})
 
     def _publish_gauges(self, pool: str, d: dict[str, Any]) -> None:
         m = self.metrics
