@@ -221,12 +221,18 @@ class Dispatcher:
         t0 = time.monotonic()
         failed = True
         refused = False
+        cancelled = False
         try:
             answer = await fwd.send(call, replica, version, timeout)
             failed = fwd.retryable(answer)
             return answer
         except ConnectFailed:
             refused = True
+            raise
+        except asyncio.CancelledError:
+            # The losing copy of a hedge, or a caller gone: says nothing about the replica.
+            failed = False
+            cancelled = True
             raise
         finally:
             t1 = time.monotonic()
@@ -239,6 +245,8 @@ class Dispatcher:
                 self.outlier.on_refused(replica, t1)
             elif failed:
                 self.outlier.on_failure(replica, t1)
+            elif cancelled:
+                pass  # neither a failure nor a latency sample
             else:
                 self.outlier.on_success(replica)
                 replica.ewma.observe(t1 - t0, t1)
