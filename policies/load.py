@@ -10,22 +10,29 @@ What must always hold:
   which the latency costs turn into Finagle's probe-then-penalty rule (see ``peak_ewma_cost``), and
   an unknown GPU reading counts as ``GPU_NEUTRAL`` (mid-scale), not as 0;
 - ``PeakEwma`` decays by elapsed time, not by number of observations, so its meaning does not
-  depend on the request rate.
+  depend on the request rate;
+- ``least_loaded_costs`` of a single candidate equals ``least_loaded_cost`` of it: the fleet terms
+  (mean calls in flight, fastest latency, mean utilisation) only matter between candidates.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 from policies.base import ReplicaView
 
 __all__ = [
+    "GPU_EXCESS",
     "GPU_NEUTRAL",
+    "LATENCY_BAND",
     "NO_DATA_PENALTY",
+    "QUEUE_OFFSET",
     "PeakEwma",
     "gpu_cost",
     "in_flight_cost",
     "least_loaded_cost",
+    "least_loaded_costs",
     "peak_ewma_cost",
 ]
 
@@ -44,6 +51,18 @@ _MEM_CAP = 0.99
 # Memory pressure matters much less than compute pressure until the card is nearly full (TF
 # preallocates most of the memory anyway), so its queueing-shaped term is scaled down.
 _MEM_WEIGHT = 0.1
+
+# How least_loaded compares candidates with each other (``least_loaded_costs``); the figures come
+# from benchmarks/fleet.py (docs/benchmarks.md, "Fleet"):
+# - each candidate's calls in flight are counted on top of this many times the candidates' mean;
+QUEUE_OFFSET = 2.0
+# - latencies within this factor of the fastest candidate's count as equal to it (peak EWMA keeps
+#   every jitter spike, so a 10 % difference is noise; acting on it moved calls to and fro);
+LATENCY_BAND = 1.15
+# - a GPU reading above the candidates' mean counts this fraction of its excess (readings are
+#   scraped every few seconds and mostly stale), one below the mean counts as the mean (an idle
+#   card earns no credit: a slow replica is idle because it is avoided).
+GPU_EXCESS = 0.5
 
 # An observed estimate never reads as exactly 0.0, which would mean "no data".
 _OBSERVED_FLOOR_S = 1.0e-6
@@ -157,7 +176,8 @@ def gpu_cost(view: ReplicaView, now: float) -> float:
 
 
 def least_loaded_cost(view: ReplicaView, now: float) -> float:
-    """What ``least_loaded`` minimises: ``peak_ewma_cost * gpu_cost / weight``.
+    """``least_loaded``'s cost of one replica judged alone: ``peak_ewma_cost * gpu_cost / weight``
+    (``least_loaded_costs`` compares candidates against their fleet's means).
 
     In words: the time one more call is expected to wait here (calls in flight, plus this one, times
     the peak-EWMA round trip), stretched by how saturated the GPU is, per unit of configured capacity.
@@ -166,3 +186,53 @@ def least_loaded_cost(view: ReplicaView, now: float) -> float:
     receives only the calls its peers are too busy to take.
     """
     return peak_ewma_cost(view, now) * gpu_cost(view, now) / view.weight
+
+
+def least_loaded_costs(candidates: Sequence[ReplicaView], now: float) -> list[float]:
+    """What ``least_loaded`` minimises, for every candidate at once (lower is better):
+    ``(in_flight + 1 + QUEUE_OFFSET * mean_in_flight) * max(latency, LATENCY_BAND * fastest)
+    * gpu slowdown / weight``.
+
+    Finagle's ``(in_flight + 1) * latency`` is the wait at a server that answers one call at a time.
+    A GPU replica runs many calls at once (a batch), and its peak-EWMA latency was measured while it
+    held its usual number of them; charging a full round trip for each of those made a replica 4x
+    slower but empty look cheaper than a healthy one holding its usual 4 calls, and it kept 2-5 % of
+    the traffic, enough to put its latency at the fleet's p99 (benchmarks/fleet.py, scenario 2).
+    Offsetting the queue by the candidates' usual one keeps the order of ``in_flight`` between equal
+    latencies, while a clear latency ratio (about 1.5x and more) outweighs any usual queue. The GPU
+    slowdown is ``gpu_cost``'s, taken at ``mean + GPU_EXCESS * max(0, util - mean)`` with unknown
+    readings counted as ``GPU_NEUTRAL`` first. An unmeasured replica keeps Finagle's
+    probe-then-penalty rule (``peak_ewma_cost``).
+    """
+    n = len(candidates)
+    if n == 0:
+        return []
+    if n == 1:
+        return [least_loaded_cost(candidates[0], now)]
+    in_flight_sum = 0
+    fastest = math.inf
+    utils: list[float] = []
+    latencies: list[float] = []
+    for c in candidates:
+        in_flight_sum += c.in_flight
+        latency = c.latency_s(now)
+        latencies.append(latency)
+        if 0.0 < latency < fastest:
+            fastest = latency
+        u = c.gpu_util
+        utils.append(GPU_NEUTRAL if u is None else min(max(u, 0.0), _UTIL_CAP))
+    offset = 1.0 + QUEUE_OFFSET * in_flight_sum / n
+    floor = LATENCY_BAND * fastest if fastest < math.inf else 0.0
+    mean_util = sum(utils) / n
+    out: list[float] = []
+    for c, latency, u in zip(candidates, latencies, utils, strict=True):
+        pending = c.in_flight
+        if latency <= 0.0:
+            out.append(0.0 if pending == 0 else NO_DATA_PENALTY + pending)
+            continue
+        util = mean_util + GPU_EXCESS * (u - mean_util) if u > mean_util else mean_util
+        mem = c.gpu_mem_frac
+        m = GPU_NEUTRAL if mem is None else min(max(mem, 0.0), _MEM_CAP)
+        slowdown = (1.0 + _MEM_WEIGHT * m / (1.0 - m)) / (1.0 - util)
+        out.append((pending + offset) * max(latency, floor) * slowdown / c.weight)
+    return out

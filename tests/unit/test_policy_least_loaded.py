@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from policies.base import PickContext, ReplicaView
+from policies.base import Balancer, PickContext, ReplicaView
 from policies.least_loaded import LeastLoaded
-from policies.load import PeakEwma, least_loaded_cost
+from policies.load import PeakEwma, least_loaded_cost, least_loaded_costs
+from policies.p2c import PowerOfTwoChoices
 from policies.registry import make_balancer
 
 SEEDS = [1, 2, 3]
@@ -41,9 +42,10 @@ class SimReplica:
 
 
 def shares(
-    replicas: list[SimReplica], seed: int, calls: int = 5000, interval_s: float = 0.001
+    replicas: list[SimReplica], seed: int, calls: int = 5000, interval_s: float = 0.001,
+    balancer: Balancer | None = None,
 ) -> dict[str, float]:
-    balancer = make_balancer("least_loaded")
+    balancer = balancer or make_balancer("least_loaded")
     rng = random.Random(seed)
     pending: list[tuple[float, int, SimReplica, float]] = []
     counts = dict.fromkeys((r.name for r in replicas), 0)
@@ -88,16 +90,49 @@ def test_fifty_ms_slower_replica_loses_most_traffic(seed: int) -> None:
 
 
 @pytest.mark.parametrize("seed", SEEDS)
+def test_slow_replica_with_an_empty_queue_stays_out_of_the_tail(seed: int) -> None:
+    # Replicas that run calls in parallel (the simulation's service time does not grow with the
+    # queue), fast ones holding ~3 calls each: one 4x slower replica must get well under 1 % of
+    # the calls, or its latency becomes the fleet's p99 (benchmarks/fleet.py, scenario 2).
+    def fleet() -> list[SimReplica]:
+        return [SimReplica("slow", 0.040)] + [SimReplica(f"fast{i}", 0.010) for i in range(3)]
+
+    got = shares(fleet(), seed, calls=8000, interval_s=0.0008)
+    assert got["slow"] < 0.005, got
+    # Finagle's (in_flight + 1) * latency over a pair, the policy before: it kept ~2 % there.
+    old = shares(fleet(), seed, calls=8000, interval_s=0.0008,
+                 balancer=PowerOfTwoChoices(least_loaded_cost))
+    assert old["slow"] > 0.015, old
+
+
+@pytest.mark.parametrize("seed", SEEDS)
 def test_unknown_gpu_sits_between_idle_and_saturated(seed: int) -> None:
     replicas = [
         SimReplica("unknown", 0.010, gpu_util=None),
         SimReplica("idle", 0.010, gpu_util=0.0),
+        SimReplica("idle2", 0.010, gpu_util=0.0),
         SimReplica("hot", 0.010, gpu_util=0.95),
     ]
     got = shares(replicas, seed, interval_s=0.0005)
-    # Unknown is not treated as idle (it would then tie with "idle"), nor as saturated.
-    assert got["idle"] > 1.3 * got["unknown"], got
+    # Unknown reads as neutral (0.5), above these peers' mean: not treated as idle (it would then
+    # tie with "idle"), nor as saturated.
+    assert got["idle"] > 1.2 * got["unknown"], got
     assert got["unknown"] > 5 * got["hot"], got
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_an_idle_reading_earns_no_credit_over_the_fleet_mean(seed: int) -> None:
+    # Readings below the candidates' mean count as the mean: a card that is idle because the
+    # balancer avoids it must not draw calls back by that alone; the busy ones still lose.
+    replicas = [
+        SimReplica("unknown", 0.010, gpu_util=None),
+        SimReplica("idle", 0.010, gpu_util=0.0),
+        SimReplica("busy", 0.010, gpu_util=0.9),
+        SimReplica("busy2", 0.010, gpu_util=0.9),
+    ]
+    got = shares(replicas, seed, interval_s=0.0005)
+    assert abs(got["idle"] - got["unknown"]) < 0.03, got
+    assert got["idle"] > 3 * got["busy"], got
 
 
 @pytest.mark.parametrize("seed", SEEDS)
@@ -122,14 +157,15 @@ class View:
 
 
 def test_new_replica_is_probed_one_call_at_a_time() -> None:
-    measured = [View("m0", in_flight=3), View("m1", in_flight=4)]
+    measured = [View("m0", in_flight=3), View("m1", in_flight=4), View("m2", in_flight=2)]
     rng = random.Random(4)
     fresh_idle = View("new", in_flight=0, latency=0.0)
     positions = [
         LeastLoaded().rank([*measured, fresh_idle], PickContext(rng=rng, now=0.0)).index(fresh_idle)
         for _ in range(60)
     ]
-    # Free while idle: it wins every pair it is drawn into (2 of the 3 pairs) and is the first retry.
+    # Free while idle: it wins every draw of three it is in (3 of 4) and is otherwise the first
+    # retry.
     assert set(positions) == {0, 1}
     fresh_busy = View("new", in_flight=1, latency=0.0)
     for _ in range(50):
@@ -143,5 +179,6 @@ def test_ranks_every_candidate_cheapest_retries_first() -> None:
     for _ in range(100):
         ranked = LeastLoaded().rank(cands, PickContext(rng=rng, now=0.0))
         assert sorted(v.name for v in ranked) == sorted(v.name for v in cands)
-        costs = [least_loaded_cost(v, 0.0) for v in ranked[1:]]
+        by_name = dict(zip((v.name for v in cands), least_loaded_costs(cands, 0.0), strict=True))
+        costs = [by_name[v.name] for v in ranked[1:]]
         assert costs == sorted(costs)

@@ -8,12 +8,16 @@ from dataclasses import dataclass
 import pytest
 
 from policies.load import (
+    GPU_EXCESS,
     GPU_NEUTRAL,
+    LATENCY_BAND,
     NO_DATA_PENALTY,
+    QUEUE_OFFSET,
     PeakEwma,
     gpu_cost,
     in_flight_cost,
     least_loaded_cost,
+    least_loaded_costs,
     peak_ewma_cost,
 )
 
@@ -191,3 +195,86 @@ def test_least_loaded_cost_penalises_latency_and_saturation() -> None:
     assert least_loaded_cost(hot, 0.0) > 8 * least_loaded_cost(cool, 0.0)
     # Weight is capacity: twice the weight, half the cost.
     assert least_loaded_cost(View(weight=2.0), 0.0) == pytest.approx(least_loaded_cost(View(), 0.0) / 2)
+
+
+def test_least_loaded_costs_of_one_candidate_is_its_own_cost() -> None:
+    v = View(in_flight=3, latency=0.02, gpu_util=0.7, gpu_mem_frac=0.4, weight=2.0)
+    assert least_loaded_costs([v], 0.0) == [least_loaded_cost(v, 0.0)]
+    assert least_loaded_costs([], 0.0) == []
+
+
+def test_least_loaded_costs_is_the_documented_formula() -> None:
+    a = View("a", in_flight=1, latency=0.010, gpu_util=0.2, gpu_mem_frac=None)
+    b = View("b", in_flight=5, latency=0.030, gpu_util=0.6, gpu_mem_frac=0.5, weight=2.0)
+    c = View("c", in_flight=0, latency=0.011, gpu_util=None, gpu_mem_frac=None)
+    offset = 1 + QUEUE_OFFSET * 6 / 3
+    mean_u = (0.2 + 0.6 + GPU_NEUTRAL) / 3
+    ub = mean_u + GPU_EXCESS * (0.6 - mean_u)  # above the mean: half the excess
+    uc = mean_u + GPU_EXCESS * (GPU_NEUTRAL - mean_u)
+    mem_b = 1.0 + 0.1 * 0.5 / 0.5
+    mem_neutral = 1.0 + 0.1 * GPU_NEUTRAL / (1.0 - GPU_NEUTRAL)
+    band = LATENCY_BAND * 0.010  # c's 0.011 is within the band of the fastest (a)
+    assert least_loaded_costs([a, b, c], 0.0) == pytest.approx([
+        (1 + offset) * band * mem_neutral / (1 - mean_u),  # below the mean: the mean
+        (5 + offset) * 0.030 * mem_b / (1 - ub) / 2.0,
+        (0 + offset) * band * mem_neutral / (1 - uc)])
+
+
+def test_a_latency_ratio_outweighs_the_usual_queue() -> None:
+    # Healthy replicas holding their usual 4 calls against a 4x slower one holding none: Finagle's
+    # (n + 1) * latency prefers the slow one (0.040 < 0.050); measured against the mean queue the
+    # healthy ones stay cheaper. A replica only 1.5x slower and idle still takes the next call.
+    fast = [View(f"f{i}", in_flight=4, latency=0.010) for i in range(3)]
+    slow = View("slow", in_flight=0, latency=0.040)
+    assert peak_ewma_cost(slow, 0.0) < peak_ewma_cost(fast[0], 0.0)
+    costs = least_loaded_costs([*fast, slow], 0.0)
+    assert max(costs[:3]) < costs[3]
+    costs = least_loaded_costs([*fast, View("mild", in_flight=0, latency=0.015)], 0.0)
+    assert min(costs[:3]) > costs[3]
+
+
+def test_equal_latencies_order_by_calls_in_flight() -> None:
+    views = [View(f"r{i}", in_flight=n) for i, n in enumerate([3, 0, 7, 1])]
+    costs = least_loaded_costs(views, 0.0)
+    assert sorted(range(4), key=costs.__getitem__) == [1, 3, 0, 2]
+
+
+def test_stale_gpu_differences_tilt_less_and_saturation_still_shows() -> None:
+    cool, warm = View("c", gpu_util=0.4, gpu_mem_frac=None), View("w", gpu_util=0.6, gpu_mem_frac=None)
+    c, w = least_loaded_costs([cool, warm], 0.0)
+    full = gpu_cost(warm, 0.0) / gpu_cost(cool, 0.0)  # 1.5x at full strength
+    assert 1.0 < w / c < 1.0 + (full - 1.0) * 0.5
+    hot = View("h", gpu_util=0.95, gpu_mem_frac=None)
+    costs = least_loaded_costs([hot] + [View(f"i{i}", gpu_util=0.1, gpu_mem_frac=None)
+                                        for i in range(3)], 0.0)
+    assert costs[0] > 1.8 * costs[1]
+
+
+def test_unknown_gpu_counts_as_neutral_among_candidates() -> None:
+    known = View("k", gpu_util=GPU_NEUTRAL, gpu_mem_frac=None)
+    unknown = View("u", gpu_util=None, gpu_mem_frac=None)
+    a, b = least_loaded_costs([known, unknown], 0.0)
+    assert a == pytest.approx(b)
+
+
+def test_unmeasured_candidate_is_probed_one_call_at_a_time_among_peers() -> None:
+    peer = View("p", in_flight=2, latency=0.010)
+    costs = least_loaded_costs([peer, View("n", in_flight=0, latency=0.0)], 0.0)
+    assert costs[1] == 0.0
+    costs = least_loaded_costs([peer, View("n", in_flight=1, latency=0.0)], 0.0)
+    assert costs[1] == NO_DATA_PENALTY + 1
+
+
+def test_least_loaded_costs_never_mutate_views() -> None:
+    views = [View("a", in_flight=2, gpu_util=0.3), View("b", in_flight=1, gpu_util=None)]
+    least_loaded_costs(views, 0.0)  # frozen dataclasses: a write would raise
+
+
+def test_latencies_within_the_band_of_the_fastest_count_as_equal() -> None:
+    # Peak EWMA keeps every jitter spike: 10 % apart is noise, and the queue decides.
+    views = [View("a", in_flight=3, latency=0.010), View("b", in_flight=1, latency=0.011)]
+    a, b = least_loaded_costs(views, 0.0)
+    assert b < a
+    views = [View("a", in_flight=3, latency=0.010), View("b", in_flight=1, latency=0.030)]
+    a, b = least_loaded_costs(views, 0.0)
+    assert a < b

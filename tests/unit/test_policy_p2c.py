@@ -132,3 +132,39 @@ def test_same_seed_same_choices() -> None:
     first = [p2c.rank(cands, PickContext(rng=a, now=0.0))[0].name for _ in range(200)]
     second = [p2c.rank(cands, PickContext(rng=b, now=0.0))[0].name for _ in range(200)]
     assert first == second
+
+
+def test_best_of_three_wins_with_power_of_d_probabilities() -> None:
+    # Costs 0 < 2 < 4 < 8, three drawn of four: the cheapest drawn wins. r0 is drawn 3/4 of the
+    # time; otherwise r1 (the other three are drawn) wins; r2 and r3 never. Chi-square p > 0.001.
+    cands = views(0.0, 2.0, 4.0, 8.0)
+    rng = random.Random(2002)
+    p3c = PowerOfTwoChoices(by_load, choices=3)
+    wins = Counter(p3c.rank(cands, PickContext(rng=rng, now=0.0))[0].name for _ in range(20_000))
+    assert wins["r2"] == 0 and wins["r3"] == 0
+    assert chi_square([wins["r0"], wins["r1"]], [0.75, 0.25]) < CHI2_CRITICAL_P001[1], wins
+
+
+def test_choices_beyond_the_candidates_take_the_global_minimum() -> None:
+    rng = random.Random(5)
+    p9c = PowerOfTwoChoices(by_load, choices=9)
+    for _ in range(200):
+        ranked = p9c.rank(views(3.0, 1.0, 2.0, 0.5, 4.0), PickContext(rng=rng, now=0.0))
+        assert [v.name for v in ranked] == ["r3", "r1", "r2", "r0", "r4"]
+
+
+def test_best_of_three_ranks_every_candidate_and_breaks_ties_at_random() -> None:
+    rng = random.Random(8)
+    p3c = PowerOfTwoChoices(by_load, choices=3)
+    cands = views(1.0, 1.0, 1.0, 1.0, 1.0)
+    wins = Counter()
+    for _ in range(20_000):
+        ranked = p3c.rank(cands, PickContext(rng=rng, now=0.0))
+        assert sorted(v.name for v in ranked) == [v.name for v in cands]
+        wins[ranked[0].name] += 1
+    assert chi_square([wins[v.name] for v in cands], [0.2] * 5) < CHI2_CRITICAL_P001[4], wins
+
+
+def test_fewer_than_two_choices_is_refused() -> None:
+    with pytest.raises(ValueError, match="choices"):
+        PowerOfTwoChoices(by_load, choices=1)
