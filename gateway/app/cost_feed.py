@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from gateway.config import GatewayConfig
-from gateway.core.call import Answer, Call
+from gateway.core.call import Answer, Call, api_key_of
 from gateway.core.metrics import Metrics
 from gateway.core.tasks import spawn
 from gateway.fleet.replicas import ReplicaState
@@ -48,11 +48,8 @@ def key_labels(cfg: GatewayConfig) -> dict[str, KeyLabels]:
 def key_label(headers: Mapping[str, str], keys: KeyLabels) -> str | None:
     """The label of the configured key a call carries (x-api-key or Authorization: Bearer, as
     the router reads it), else None."""
-    given = headers.get("x-api-key")
+    given = api_key_of(headers)
     if given is None:
-        scheme, _, value = headers.get("authorization", "").partition(" ")
-        given = value.strip() if scheme.lower() == "bearer" else None
-    if not given:
         return None
     digest = hashlib.sha256(given.encode()).digest()
     for d, label in keys:

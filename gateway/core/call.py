@@ -77,6 +77,15 @@ class Answer:
         return str(self.status)
 
 
+def api_key_of(headers: Mapping[str, str]) -> str | None:
+    """The API key a call carries: x-api-key, else Authorization: Bearer; None without one."""
+    given = headers.get("x-api-key")
+    if given is None:
+        scheme, _, value = headers.get("authorization", "").partition(" ")
+        given = value.strip() if scheme.lower() == "bearer" else None
+    return given or None
+
+
 class Addresses(Protocol):
     @property
     def rest(self) -> str | None: ...

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from gateway.config import HeaderMatch as HeaderMatchCfg
 from gateway.config import ModelConfig, Route
+from gateway.core.call import api_key_of
 from policies.base import Balancer, PickContext, ReplicaView
 from policies.match import HeaderMatch, RouteMatch, RuleChain
 from policies.registry import make_balancer
@@ -121,11 +122,8 @@ class ModelRouter:
         Authorization: Bearer). Compared as SHA-256 digests in constant time; never logged."""
         if not self.key_digests:
             return True
-        given = headers.get("x-api-key")
+        given = api_key_of(headers)
         if given is None:
-            scheme, _, value = headers.get("authorization", "").partition(" ")
-            given = value.strip() if scheme.lower() == "bearer" else None
-        if not given:
             return False
         digest = hashlib.sha256(given.encode()).digest()
         ok = False

@@ -30,7 +30,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from gateway.config import ANONYMOUS, GatewayConfig, Tenant
-from gateway.core.call import Call
+from gateway.core.call import Call, api_key_of
 from gateway.core.errors import PermissionDenied, RateLimited, Unauthenticated
 from gateway.core.metrics import Metrics
 from gateway.core.ratelimit import GCRA_LUA, Gcra
@@ -39,14 +39,6 @@ from gateway.routing.router import ModelRouter
 log = logging.getLogger("infergate.tenants")
 OPEN = ""  # the tenant of a call to a model no tenant lists
 MAX_PEERS = 10_000  # client addresses whose failed keys are remembered (oldest forgotten)
-
-
-def key_of(headers: Mapping[str, str]) -> str | None:
-    given = headers.get("x-api-key")
-    if given is None:
-        scheme, _, value = headers.get("authorization", "").partition(" ")
-        given = value.strip() if scheme.lower() == "bearer" else None
-    return given or None
 
 
 @dataclass
@@ -102,7 +94,7 @@ class TenantBook:
         """The tenant this call counts against (OPEN for open models); raises Unauthenticated,
         PermissionDenied or RateLimited. An admitted tenant's call must be `release`d."""
         model = router.name
-        key = key_of(call.headers)
+        key = api_key_of(call.headers)
         name: str | None = None
         if key is not None:
             name = self._by_digest.get(hashlib.sha256(key.encode()).digest())
