@@ -14,8 +14,8 @@ this process (the open-loop load generator, `benchmarks.openloop`) on --load-cpu
 scenario, every balancer starts afresh (infergate's latency memory must not carry one scenario's
 stall into the next), repetitions are interleaved (A, B, C, ..., A, B, C, ...) and every
 balancer gets the same seeded Poisson arrivals at --rate calls/s for --warmup + --duration
-seconds; only calls due in the measured part count. A run takes about 7 s, so the defaults (5 scenarios x 7 balancers x
-2 repetitions) finish in about 9 minutes; --quick takes about 3.5.
+seconds; only calls due in the measured part count. A run takes about 7 s, so the defaults
+(5 scenarios x 7 balancers x 2 repetitions) finish in about 9 minutes; --quick in about 3.5.
 
 Prints one markdown report (`benchmarks.fleet_report`): nothing here asserts, the verdicts
 printed are the result.
@@ -114,6 +114,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=6.0, help="measured seconds per run")
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds before each run")
     p.add_argument("--reps", type=int, default=2, help="interleaved repetitions per balancer")
+    p.add_argument("--settle", type=float, default=2.0,
+                   help="seconds between starting a scenario's balancers and its first run")
     p.add_argument("--rate", type=float, default=1200.0, help="offered load, calls per second")
     p.add_argument("--slo-ms", type=float, default=100.0, help="goodput counts answers this fast")
     p.add_argument("--timeout", type=float, default=2.0, help="a call gives up after this")
@@ -170,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
                                                   infergate)
             for b in balancers:
                 _check(b.port)
+            time.sleep(args.settle)  # start-up work (first probes and scrapes) is done by then
             runs: dict[str, list[Run]] = {b.name: [] for b in balancers}
             for rep in range(args.reps):
                 for b in balancers:

@@ -186,3 +186,13 @@ def test_unmeasured_targets_say_so() -> None:
     assert [(v.measured, v.ok) for v in got] == [("not measured", None)]
     lines = fr.markdown({"slow": {"nginx least_conn": _cell(40.0)}}, {"slow": "slow"}, NUMBERS)
     assert any("| n/a |" in line for line in lines)
+
+
+def test_simulation_is_seeded_and_shows_the_slow_replica_avoided() -> None:
+    from benchmarks.fleet_sim import simulate
+
+    rtts, counts = simulate("least_loaded", "slow", seed=1, duration_s=4.0)
+    assert (rtts, counts) == simulate("least_loaded", "slow", seed=1, duration_s=4.0)
+    assert counts[0] / sum(counts) < 0.01, counts  # 4x slower replica: least_loaded avoids it
+    _, lr = simulate("least_request", "slow", seed=1, duration_s=4.0)
+    assert 0.05 < lr[0] / sum(lr) < 0.15, lr  # least-connections keeps its queue level: ~10 %
