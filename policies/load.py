@@ -126,6 +126,16 @@ class PeakEwma:
         if now > self._at:
             self._at = now
 
+    def at_least(self, rtt_s: float, now: float) -> None:
+        """Record that a round trip started ``rtt_s`` seconds before ``now`` had not completed
+        (a call cancelled while waiting: the losing copy of a hedge). Its latency is at least
+        ``rtt_s``: the estimate rises to it when it is higher (the peak rule) and is otherwise left
+        alone, since a lower bound says nothing about how fast the replica is."""
+        if not rtt_s >= 0.0 or math.isinf(rtt_s):
+            raise ValueError(f"rtt_s must be a finite number >= 0, got {rtt_s!r}")
+        if rtt_s > self.value(now) or not self._observed:
+            self.observe(rtt_s, now)
+
     def value(self, now: float) -> float:
         """The estimate in seconds at monotonic time ``now``; reading does not change it."""
         if not self._observed:

@@ -246,7 +246,9 @@ class Dispatcher:
             elif failed:
                 self.outlier.on_failure(replica, t1)
             elif cancelled:
-                pass  # neither a failure nor a latency sample
+                # Neither a failure nor a latency sample, but the replica took at least this
+                # long: a stalled replica whose calls are hedged away is still learned slow.
+                replica.ewma.at_least(t1 - t0, t1)
             else:
                 self.outlier.on_success(replica)
                 replica.ewma.observe(t1 - t0, t1)

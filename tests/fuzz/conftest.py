@@ -2,7 +2,8 @@
 raw I/O.
 
 Every gateway fixture is parametrized over the data-path engines (listen.engine: compat, the
-aiohttp and grpc.aio listeners; native, gateway.transport.native_rest and gateway.transport.native_grpc). The replica serves
+aiohttp and grpc.aio listeners; native, gateway.transport.native_rest and
+gateway.transport.native_grpc). The replica serves
 half_plus_two (versions 1 and 2, labelled stable=1 and canary=2 in its model config) and embed;
 the gateway owns the same labels, so a request means the same thing sent to either. Requests
 are written as raw bytes on a fresh socket (http.client would refuse many of the paths and

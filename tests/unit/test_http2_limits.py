@@ -1,6 +1,6 @@
 """gateway.transport.native_grpc.server against a raw HTTP/2 client on a loopback socket: the
-preface, SETTINGS and PING, flow control towards a client with a small window, graceful drain with two GOAWAYs,
-and the abuse limits (rapid reset, CONTINUATION flood, HPACK bomb, PING and SETTINGS floods,
+preface, SETTINGS and PING, flow control towards a client with a small window, graceful drain
+with two GOAWAYs, and the abuse limits (rapid reset, CONTINUATION flood, HPACK bomb, PING and SETTINGS floods,
 too many streams, oversized bodies). Each abuse ends in GOAWAY with ENHANCE_YOUR_CALM or a
 REFUSED_STREAM reset, never in a hang or an exception."""
 

@@ -1,6 +1,6 @@
 """gateway.transport.native_grpc.modelspec gives exactly gateway.core.wire's answers: generated
-requests (specs in any position, repeated, malformed, with unknown fields and every wire type) read and rewrite the same
-through the memo as through gateway.core.wire, first time and from the memo."""
+requests (specs in any position, repeated, malformed, with unknown fields and every wire type)
+read and rewrite the same through the memo as through gateway.core.wire, first time and from the memo."""
 
 from __future__ import annotations
 

@@ -117,6 +117,31 @@ def test_time_going_backwards_neither_decays_nor_rewinds() -> None:
     assert ewma.value(60.0) == pytest.approx(0.100 * math.exp(-1))
 
 
+def test_a_lower_bound_above_the_estimate_raises_it_at_once() -> None:
+    """A call cancelled after 0.4 s (a hedge's losing copy): the replica takes at least that."""
+    ewma = PeakEwma(tau_s=10.0)
+    ewma.observe(0.010, 0.0)
+    ewma.at_least(0.400, 0.5)
+    assert ewma.value(0.5) == pytest.approx(0.400)
+
+
+def test_a_lower_bound_below_the_estimate_changes_nothing() -> None:
+    ewma, same = PeakEwma(tau_s=10.0), PeakEwma(tau_s=10.0)
+    for e in (ewma, same):
+        e.observe(0.100, 0.0)
+    ewma.at_least(0.005, 1.0)  # not blended in: a bound says nothing about how fast it is
+    assert ewma.value(1.0) == same.value(1.0)
+    assert ewma.value(30.0) == same.value(30.0)
+
+
+def test_a_lower_bound_is_the_first_estimate_of_an_unmeasured_replica() -> None:
+    ewma = PeakEwma(tau_s=10.0)
+    ewma.at_least(0.250, 3.0)
+    assert ewma.observed and ewma.value(3.0) == pytest.approx(0.250)
+    with pytest.raises(ValueError):
+        ewma.at_least(math.nan, 4.0)
+
+
 @pytest.mark.parametrize("rtt", [-0.001, math.nan, math.inf])
 def test_invalid_observations_raise(rtt: float) -> None:
     with pytest.raises(ValueError):
