@@ -8,6 +8,7 @@ protocol except through the `Forwarder` seam.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -15,6 +16,11 @@ REPLICA_HEADER = "x-infergate-replica"
 
 # Methods a replica may execute more than once without harm: retried and hedged.
 IDEMPOTENT = frozenset({"predict", "classify", "regress", "multi_inference", "metadata", "status"})
+
+# Which kind of upstream try runs in this context: "first", "retry", "hedge" or "shadow". Set
+# by the dispatcher (retries, the hedge's copy) and the shadow step (its own task); read by
+# tracing, which names it on each try's span.
+TRY_KIND: ContextVar[str] = ContextVar("infergate_try_kind", default="first")
 
 
 @dataclass(slots=True)

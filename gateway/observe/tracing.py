@@ -1,6 +1,7 @@
 """OpenTelemetry tracing of the gateway's calls: a server span for each call an ingress takes,
 a client span for each upstream try (a retry, a hedge and a shadow copy are tries of their
-own), and each try's own traceparent sent to the replica.
+own, named by `infergate.try`: first, retry, hedge, shadow; a hedge's cancelled loser is marked
+`infergate.cancelled`, not an error), and each try's own traceparent sent to the replica.
 
 W3C Trace Context (https://www.w3.org/TR/trace-context/): a client's traceparent/tracestate
 (REST headers, gRPC metadata: both in `Call.headers`) is continued; without one the gateway
@@ -18,6 +19,7 @@ never the client's.
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import dataclasses
 import logging
@@ -25,7 +27,7 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway.config import Tracing
-from gateway.core.call import Answer, Call, Forwarder, Upstream
+from gateway.core.call import TRY_KIND, Answer, Call, Forwarder, Upstream
 from gateway.core.errors import GatewayError
 
 if TYPE_CHECKING:
@@ -169,11 +171,17 @@ class Tracer:
                 span.set_attributes({
                     "infergate.model": call.model or "", "infergate.label": call.label or "",
                     "infergate.version": -1 if version is None else version,
-                    "infergate.replica": replica.name, "infergate.request.size": len(call.body)})
+                    "infergate.replica": replica.name, "infergate.request.size": len(call.body),
+                    "infergate.try": TRY_KIND.get()})
             try:
                 answer = await attempt(with_trace_headers(call, carrier), fwd, replica, version,
                                        timeout)
-            except BaseException as exc:  # a failed try, or a hedge's loser cancelled
+            except asyncio.CancelledError:  # a hedge's losing copy, or the caller gone: no error
+                if recording:
+                    span.set_attribute("infergate.cancelled", True)
+                span.end()
+                raise
+            except BaseException as exc:  # a failed try
                 if recording:
                     span.set_attribute("infergate.error", type(exc).__name__)
                     span.set_status(trace.StatusCode.ERROR, str(exc)[:200])

@@ -14,11 +14,12 @@ What must always hold:
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 from collections.abc import Callable
 
 from gateway.config import Hedge, Retries
-from gateway.core.call import IDEMPOTENT, Answer, Call, Forwarder
+from gateway.core.call import IDEMPOTENT, TRY_KIND, Answer, Call, Forwarder
 from gateway.core.errors import (
     ConnectFailed,
     DeadlineExceeded,
@@ -94,44 +95,55 @@ class Dispatcher:
             hedge_budget.record_call()
         last: Answer | GatewayError | None = None
         tried = 0  # attempts that reached a replica (refused connections do not count)
-        for i, replica in enumerate(ranked):
-            if tried >= attempts:
-                break
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise DeadlineExceeded("Deadline Exceeded")
-            if tried > 0 and not isinstance(last, ConnectFailed):
-                if not budget.try_withdraw():
-                    self.metrics.retry_budget_exhausted.labels(self._label(call.model)).inc()
+        retrying = None  # TRY_KIND's token once a second replica is tried
+        try:
+            for i, replica in enumerate(ranked):
+                if tried >= attempts:
                     break
-                self.metrics.retries.labels(self._label(call.model)).inc()
-            if tried == 0 and hedge is not None and hedge_budget is not None and i + 1 < len(ranked):
-                result = await self._hedged(call, fwd, replica, ranked[i + 1], version, remaining,
-                                            self._hedge_delay(call.model or "", hedge), hedge_budget)
-            elif per_try is None:  # try() without a per-try timeout, without its coroutine
-                try:
-                    result = await self.attempt(call, fwd, replica, version, remaining)
-                except (ReplicaUnavailable, DeadlineExceeded) as exc:
-                    result = exc
-            else:
-                result = await self.try_once(call, fwd, replica, version, remaining)
-            if isinstance(result, ConnectFailed):
-                # Nothing was sent: the next replica, for any method, outside the budget.
-                self.metrics.retries.labels(self._label(call.model)).inc()
-                if last is None or isinstance(last, ConnectFailed):
-                    last = result
-                continue
-            tried += 1
-            if isinstance(result, Answer) and not (fwd.retryable(result) and tried < attempts):
-                result.arm = arm
-                return result
-            last = result
-        if isinstance(last, Answer):
-            last.arm = arm
-            return last
-        if isinstance(last, GatewayError):
-            raise last
-        raise NoReplica("No replica answered")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise DeadlineExceeded("Deadline Exceeded")
+                if i > 0 and retrying is None:
+                    retrying = TRY_KIND.set("retry")
+                if tried > 0 and not isinstance(last, ConnectFailed):
+                    if not budget.try_withdraw():
+                        self.metrics.retry_budget_exhausted.labels(
+                            self._label(call.model)).inc()
+                        break
+                    self.metrics.retries.labels(self._label(call.model)).inc()
+                if (tried == 0 and hedge is not None and hedge_budget is not None
+                        and i + 1 < len(ranked)):
+                    result = await self._hedged(call, fwd, replica, ranked[i + 1], version,
+                                                remaining, self._hedge_delay(call.model or "", hedge),
+                                                hedge_budget)
+                elif per_try is None:  # try() without a per-try timeout, without its coroutine
+                    try:
+                        result = await self.attempt(call, fwd, replica, version, remaining)
+                    except (ReplicaUnavailable, DeadlineExceeded) as exc:
+                        result = exc
+                else:
+                    result = await self.try_once(call, fwd, replica, version, remaining)
+                if isinstance(result, ConnectFailed):
+                    # Nothing was sent: the next replica, for any method, outside the budget.
+                    self.metrics.retries.labels(self._label(call.model)).inc()
+                    if last is None or isinstance(last, ConnectFailed):
+                        last = result
+                    continue
+                tried += 1
+                if isinstance(result, Answer) and not (fwd.retryable(result)
+                                                       and tried < attempts):
+                    result.arm = arm
+                    return result
+                last = result
+            if isinstance(last, Answer):
+                last.arm = arm
+                return last
+            if isinstance(last, GatewayError):
+                raise last
+            raise NoReplica("No replica answered")
+        finally:
+            if retrying is not None:
+                TRY_KIND.reset(retrying)
 
     async def _queue(self, call: Call, ranked: list[ReplicaState], cap: int, max_queue: int,
                      deadline: float) -> list[ReplicaState]:
@@ -178,7 +190,10 @@ class Dispatcher:
             if done or not budget.try_withdraw():
                 return await first
             self.metrics.hedges.labels(self._label(call.model)).inc()
-            second = tg.create_task(self.try_once(call, fwd, backup, version, remaining - delay))
+            copy = contextvars.copy_context()
+            copy.run(TRY_KIND.set, "hedge")
+            second = tg.create_task(self.try_once(call, fwd, backup, version, remaining - delay),
+                                    context=copy)
             pending = {first, second}
             result: Answer | GatewayError | None = None
             while pending:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
-from gateway.core.call import Answer, Call, Forwarder
+from gateway.core.call import TRY_KIND, Answer, Call, Forwarder
 from gateway.core.errors import GatewayError
 from gateway.core.metrics import Metrics
 from gateway.core.tasks import spawn
@@ -76,6 +76,7 @@ class Shadower:
 
     async def _mirror(self, call: Call, fwd: Forwarder, answer: Answer, router: ModelRouter,
                       target: str, for_rollout: bool) -> None:
+        TRY_KIND.set("shadow")  # this task's own context: its try span says so
         model = router.name
         m = self.metrics.shadow
         rt = self._runtime()

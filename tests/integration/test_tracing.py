@@ -71,7 +71,10 @@ def knobs_reset(fleet: Fleet) -> Iterator[Fleet]:
 class Traced:
     """The gateway under test, its receiver and the taps in front of replica r0."""
 
-    def __init__(self, fleet: Fleet, workdir: Path, engine: str, protocol: str) -> None:
+    def __init__(self, fleet: Fleet, workdir: Path, engine: str, protocol: str,
+                 model_cfg: dict[str, Any] | None = None) -> None:
+        model_cfg = MODEL_CFG if model_cfg is None else model_cfg
+        self.shadowed = "shadow" in model_cfg
         self.receiver = OtlpReceiver(workdir / "otlp")
         r0, r1 = fleet.replicas
         self.rest_tap = Tap(("127.0.0.1", r0.rest_port))
@@ -80,7 +83,7 @@ class Traced:
         cfg = {"replicas": [{"name": "r0", "rest": self.rest_tap.addr, "grpc": self.grpc_tap.addr},
                             {"name": "r1", "rest": f"127.0.0.1:{r1.rest_port}",
                              "grpc": f"127.0.0.1:{r1.grpc_port}"}],
-               "models": {MODEL: MODEL_CFG},
+               "models": {MODEL: model_cfg},
                "tracing": {"otlp_endpoint": endpoint, "protocol": protocol, "sample_ratio": 1.0}}
         self.gw = EngineGateway(cfg, workdir / "gw", engine)
         wait_until(self._both_up, 20, "both replicas healthy with versions 1 and 2")
@@ -104,7 +107,8 @@ class Traced:
             kids = [s for s in mine if s["kind"] == "CLIENT"]
             return (any(s["kind"] == "SERVER" for s in mine)
                     and sum(1 for s in kids if s["attributes"]["infergate.version"] == 1) >= tries
-                    and any(s["attributes"]["infergate.version"] == 2 for s in kids))
+                    and (not self.shadowed
+                         or any(s["attributes"]["infergate.version"] == 2 for s in kids)))
 
         spans = [s for s in self.receiver.wait_for(ready) if s["trace_id"] == tid]
         (server,) = [s for s in spans if s["kind"] == "SERVER"]
@@ -163,7 +167,9 @@ def test_calls_continue_or_start_traces_and_tries_are_child_spans(traced: Traced
         _check_server(server, protocol, replica)
         (primary,) = _primary(kids)
         a = primary["attributes"]
-        assert primary["name"] == "upstream predict"
+        assert primary["name"] == "upstream predict" and a["infergate.try"] == "first"
+        assert [k["attributes"]["infergate.try"] for k in kids
+                if k["attributes"]["infergate.version"] == 2] == ["shadow"]
         assert (a["infergate.replica"], a["infergate.model"], a["infergate.status"]) == (
             replica, MODEL, 200 if protocol == "rest" else 0)
         assert a["infergate.request.size"] > 0 and a["infergate.response.size"] > 0
@@ -212,8 +218,45 @@ def test_a_retry_is_a_second_try_span_in_the_same_trace(traced: Traced,
     assert first["attributes"]["infergate.status"] == 503 and first["status"] == "ERROR"
     assert second["attributes"]["infergate.replica"] == "r1"
     assert second["attributes"]["infergate.status"] == 200 and second["status"] != "ERROR"
+    assert (first["attributes"]["infergate.try"], second["attributes"]["infergate.try"]) == (
+        "first", "retry")
     assert server["attributes"]["infergate.replica"] == "r1" and server["status"] != "ERROR"
     assert first["span_id"] != second["span_id"]
+
+
+def test_a_hedge_is_a_try_span_and_its_cancelled_loser_is_no_error(knobs_reset: Fleet,
+                                                                   tmp_path: Path) -> None:
+    """r0 answers in 300 ms, the hedge leaves after 30 ms (round robin: every other call starts
+    on r0). The call's trace holds both copies: r0's first try, cancelled when r1's hedge
+    answered (marked cancelled, not an error), and the hedge on r1 that answered."""
+    knobs_reset.replicas[0].set_knobs(latency_ms=300)
+    t = Traced(knobs_reset, tmp_path, "native", "http",
+               {"labels": {"one": 1}, "routes": [{"split": {"one": 100}}],
+                "balance": "round_robin", "hedge": {"delay_ms": 30, "budget_ratio": 1.0}})
+    try:
+        found = None
+        for i in range(6):
+            tid, _, parent = new_parent()
+            status, headers, _ = http("POST", t.gw.rest_url + PREDICT, {"instances": [float(i)]},
+                                      {"traceparent": parent})
+            assert status == 200 and headers["x-infergate-replica"] == "r1"
+            server, kids = t.trace(tid)
+            if len(_primary(kids)) == 2:
+                found = server, _primary(kids)
+                break
+        assert found is not None, "no call was hedged"
+        server, (first, hedge) = found
+        a, b = first["attributes"], hedge["attributes"]
+        assert (a["infergate.replica"], a["infergate.try"], a["infergate.cancelled"]) == (
+            "r0", "first", True)
+        assert first["status"] != "ERROR" and "infergate.status" not in a
+        assert (b["infergate.replica"], b["infergate.try"], b["infergate.status"]) == (
+            "r1", "hedge", 200)
+        assert hedge["start_ns"] - first["start_ns"] >= 25_000_000  # sent after the delay
+        assert first["end_ns"] >= hedge["end_ns"] - 5_000_000  # cancelled as the hedge won
+        assert server["attributes"]["infergate.replica"] == "r1" and server["status"] != "ERROR"
+    finally:
+        t.close()
 
 
 def test_spans_still_waiting_are_sent_when_the_gateway_stops(traced: Traced) -> None:
