@@ -32,11 +32,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sut-cpu", default="0", help="core for the process under test")
     p.add_argument("--load-cpu", default="1", help="core(s) for load generator and backend")
     p.add_argument("--engines", default="compat,native", help="gateway engines to measure")
-    p.add_argument("--only", default="rest,grpc,latency,limits,routing,workers,replica",
+    p.add_argument("--only", default="rest,grpc,latency,limits,routing,workers,replica,tracing",
                    help="comma-separated parts to run")
     p.add_argument("--rest-conns", type=int, default=64)
     p.add_argument("--grpc-clients", type=int, default=8)
     p.add_argument("--grpc-streams", type=int, default=8)
+    p.add_argument("--against", metavar="REF",
+                   help="also measure the native gateway of commit REF (e.g. main, HEAD~3) "
+                        "beside this tree's, in the same interleaved runs")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs)")
     args = p.parse_args(argv)
 

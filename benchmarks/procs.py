@@ -56,7 +56,7 @@ class Procs:
     def start(self, name: str, cmd: list[str], cpu: str, env: dict[str, str] | None = None,
               cwd: Path | None = None) -> subprocess.Popen[bytes]:
         log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - kept for the process
-        full_env = dict(os.environ, PYTHONPATH=str(ROOT), **(env or {}))
+        full_env = dict(os.environ, PYTHONPATH=str(cwd or ROOT), **(env or {}))
         proc = subprocess.Popen(["taskset", "-c", cpu, *cmd], stdout=log, stderr=subprocess.STDOUT,
                                 env=full_env, cwd=cwd or ROOT)
         self.procs[name] = proc
@@ -81,15 +81,30 @@ class Procs:
             self.stop(name)
 
 
+def export_commit(ref: str, dest: Path) -> str:
+    """The source tree of commit `ref` of this repository, unpacked into `dest`; its short id."""
+    sha = subprocess.run(["git", "rev-parse", "--short", f"{ref}^{{commit}}"], cwd=ROOT,
+                         capture_output=True, text=True, check=True).stdout.strip()
+    dest.mkdir(parents=True)
+    archive = subprocess.Popen(["git", "archive", "--format=tar", sha], cwd=ROOT,
+                               stdout=subprocess.PIPE)
+    subprocess.run(["tar", "-x", "-C", str(dest)], stdin=archive.stdout, check=True)
+    if archive.wait() != 0:
+        raise RuntimeError(f"git archive {ref} failed")
+    return sha
+
+
 def start_nginx(procs: Procs, name: str, conf: Path, cpu: str) -> subprocess.Popen[bytes]:
     return procs.start(name, ["/usr/sbin/nginx", "-c", str(conf), "-e", str(conf.parent / "err.log")],
                        cpu)
 
 
 def gateway_config(workdir: Path, name: str, backend_rest: int, backend_grpc: int,
-                   engine: str, busy_poll_us: int = 0) -> tuple[Path, dict[str, int]]:
+                   engine: str, busy_poll_us: int = 0,
+                   extra: dict[str, Any] | None = None) -> tuple[Path, dict[str, int]]:
     """Routing on (split + sticky + least_loaded, metrics always on), cache off; two replica
-    entries on the same backend so the balancer has a choice to make."""
+    entries on the same backend so the balancer has a choice to make. `extra`: more top-level
+    sections (e.g. `tracing`)."""
     ports = {"rest": free_port(), "grpc": free_port(), "admin": free_port()}
     cfg: dict[str, Any] = {
         "listen": {"rest": f"127.0.0.1:{ports['rest']}", "grpc": f"127.0.0.1:{ports['grpc']}",
@@ -105,6 +120,7 @@ def gateway_config(workdir: Path, name: str, backend_rest: int, backend_grpc: in
             "balance": "least_loaded",
         }},
         "health": {"interval_s": 2.0, "timeout_s": 1.0},
+        **(extra or {}),
     }
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -112,14 +128,18 @@ def gateway_config(workdir: Path, name: str, backend_rest: int, backend_grpc: in
 
 
 def start_gateway(procs: Procs, name: str, config: Path, cpu: str, admin_port: int,
-                  workers: int = 1) -> tuple[subprocess.Popen[bytes], float]:
-    """Start a gateway and wait for /readyz; returns the process and seconds from exec to ready."""
+                  workers: int = 1, source: Path | None = None
+                  ) -> tuple[subprocess.Popen[bytes], float]:
+    """Start a gateway and wait for /readyz; returns the process and seconds from exec to ready.
+    `source`: run the gateway from that source tree (another commit's) instead of this one."""
     t0 = time.monotonic()
-    cmd = [sys.executable, "-m", "gateway.commands.cli", "--log-level", "WARNING", "run", "--config",
-           str(config)]
+    tree = source or ROOT
+    module = ("gateway.commands.cli" if (tree / "gateway/commands/cli.py").exists()
+              else "gateway.cli")  # the entry point's home before the package split
+    cmd = [sys.executable, "-m", module, "--log-level", "WARNING", "run", "--config", str(config)]
     if workers > 1:
         cmd += ["--workers", str(workers)]
-    proc = procs.start(name, cmd, cpu)
+    proc = procs.start(name, cmd, cpu, cwd=source)
     end = t0 + 30
     while time.monotonic() < end:
         if proc.poll() is not None:

@@ -68,11 +68,39 @@ def goals(res: Results) -> list[str]:
     ready = res.ready_s.get("native")
     out.append(_goal("start to ready", ready, "<= 1 s", None if ready is None else ready <= 1.0,
                      " s"))
+    out += _against_goals(res) + _tracing_goals(res)
     for proto in ("rest", "grpc"):
         c = res.conn1000.get(proto)
         ok = None if c is None else (c.errors == 0 and c.requests > 0)
         out.append(_goal(f"1,000 {proto.upper()} client connections held (req/s, 0 errors)",
                          c.rps if c else None, "all served", ok))
+    return out
+
+
+def _against_goals(res: Results) -> list[str]:
+    """This tree's native gateway against --against's, in the same runs."""
+    if res.against is None:
+        return []
+    out = []
+    for proto, runs in (("REST", res.rest), ("gRPC", res.grpc)):
+        now, then = runs.get("gateway native"), runs.get(res.against)
+        ratio = now.rps / then.rps if now and then and then.rps else None
+        out.append(_goal(f"{proto} req/s, this tree / {res.against.removeprefix('gateway ')}",
+                         ratio, ">= 0.95x (noise)", None if ratio is None else ratio >= 0.95, "x"))
+    return out
+
+
+def _tracing_goals(res: Results) -> list[str]:
+    """What tracing costs: req/s against the same gateway without it (a figure, not a goal)."""
+    t = res.tracing
+    if t.get("skipped"):
+        return [_goal(f"tracing cost (skipped: {t['skipped']})", None, "reported", None)]
+    out = []
+    for proto, ratios in t.get("ratio", {}).items():
+        for name, ratio in ratios.items():
+            ok = None if t.get("spans") else False  # traced gateways that sent no span: failed
+            out.append(_goal(f"{proto} req/s, {name.removeprefix('gateway native, ')} / off",
+                             ratio, "reported", ok, "x"))
     return out
 
 
@@ -97,6 +125,10 @@ def print_report(res: Results, args: argparse.Namespace, seconds: float) -> None
         lines += _rows("gRPC, concurrency 1", res.latency_grpc) + [""]
     if res.conn1000:
         lines += _rows("1,000 connections (native)", res.conn1000) + [""]
+    if res.tracing.get("rest"):
+        lines += _rows("REST, tracing (OTLP/HTTP)", res.tracing["rest"]) + [""]
+        lines += _rows("gRPC, tracing (OTLP/HTTP)", res.tracing["grpc"]) + [""]
+        lines += [f"Spans received by the OTLP receiver: {res.tracing['spans']:,}.", ""]
     if res.workers.get("runs"):
         lines += _rows(f"workers ({res.workers.get('layout', '')})", res.workers["runs"]) + [""]
     elif res.workers.get("skipped"):

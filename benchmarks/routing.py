@@ -19,13 +19,12 @@ import sys
 import time
 from pathlib import Path
 
-from gateway.core.call import Answer, Call
+from gateway.core.call import Answer, Call, Upstream
 from gateway.core.wire import RestRequest, parse_rest_path
-from gateway.fleet.replicas import ReplicaState
 
 
 class InstantForwarder:
-    async def send(self, call: Call, replica: ReplicaState, version: int | None,
+    async def send(self, call: Call, replica: Upstream, version: int | None,
                    timeout: float) -> Answer:
         return Answer(200, b"{}", [("content-type", "application/json")], replica=replica.name,
                       version=version)

@@ -51,6 +51,8 @@ class Results:
     routing_us_no_session: float | None = None
     workers: dict[str, Any] = field(default_factory=dict)
     replica: dict[str, Any] = field(default_factory=dict)
+    tracing: dict[str, Any] = field(default_factory=dict)
+    against: str | None = None  # the target name of --against's gateway
     notes: list[str] = field(default_factory=list)
 
 
@@ -102,6 +104,8 @@ class Bench:
                                             proc.pid))
             self.grpc_targets.append(Target(name, f"http://127.0.0.1:{ports['grpc']}"
                                                   f"{protos.PREDICT_PATH}", proc.pid))
+        if self.args.against:
+            self._against(b_rest, b_grpc, rest_path)
         if "native" in self.engines:
             # The latency runs also measure the native engine with busy polling on (idle
             # otherwise: it does not poll without calls in flight).
@@ -122,6 +126,18 @@ class Bench:
         for engine in self.engines:
             pid = self.procs.procs[f"gw-{engine}"].pid
             self.results.rss_idle_mib[engine] = load.rss_mib(load.family(pid))
+
+    def _against(self, b_rest: int, b_grpc: int, rest_path: str) -> None:
+        """--against REF: the native gateway of another commit, measured beside this one."""
+        sha = procs.export_commit(self.args.against, self.workdir / "against")
+        cfg, ports = procs.gateway_config(self.workdir, "gw-against", b_rest, b_grpc, "native")
+        proc, _ = procs.start_gateway(self.procs, "gw-against", cfg, self.sut, ports["admin"],
+                                      source=self.workdir / "against")
+        name = self.results.against = f"gateway native @ {sha}"
+        self.rest_targets.append(Target(name, f"http://127.0.0.1:{ports['rest']}{rest_path}",
+                                        proc.pid))
+        self.grpc_targets.append(Target(name, f"http://127.0.0.1:{ports['grpc']}"
+                                              f"{protos.PREDICT_PATH}", proc.pid))
 
     def teardown(self) -> None:
         self.procs.stop_all()
@@ -178,6 +194,10 @@ class Bench:
             from benchmarks.replica_e2e import run_replica
 
             r.replica = run_replica(self)
+        if "tracing" in parts and "native" in self.engines:
+            from benchmarks.tracing import run_tracing
+
+            r.tracing = run_tracing(self)
         return r
 
     def _limits(self) -> None:

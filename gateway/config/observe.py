@@ -25,8 +25,8 @@ class Tracing(Frozen):
 
     otlp_endpoint: str
     protocol: Literal["grpc", "http"] = "http"
-    # Share of calls without a sampled parent that start a trace (TraceIdRatioBased); a client's
-    # own traceparent decides for its calls (parent-based).
+    # Share of calls without a client trace that start one (a random draw per call); a client's
+    # own traceparent decides for its calls (parent-based: its sampled flag).
     sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0)
     headers: dict[str, str] = {}  # sent with every export (e.g. a tenant or an API key)
     service_name: str = "infergate"

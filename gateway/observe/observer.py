@@ -32,10 +32,12 @@ class CallObserver:
         tracer, payload = self.tracer, self.payload
 
         async def observed(call: Call, t0: float) -> Answer | GatewayError:
-            if tracer is None:
+            started = None if tracer is None else tracer.start_call(call)
+            if started is None:
                 result = await answer(call, t0)
             else:
-                span, token = tracer.start_call(call)
+                assert tracer is not None
+                span, token = started
                 try:
                     result = await answer(call, t0)
                 except BaseException:  # cancelled with its connection: end the span, go on

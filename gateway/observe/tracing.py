@@ -5,9 +5,9 @@ own, named by `infergate.try`: first, retry, hedge, shadow; a hedge's cancelled 
 
 W3C Trace Context (https://www.w3.org/TR/trace-context/): a client's traceparent/tracestate
 (REST headers, gRPC metadata: both in `Call.headers`) is continued; without one the gateway
-starts a trace for a share of its calls (TraceIdRatioBased under a parent-based sampler, so a
-client's sampled flag decides for its own calls). Spans leave in batches from the SDK's own
-thread to an OTLP receiver (HTTP/protobuf or gRPC).
+starts a trace for a share of its calls (drawn before any span exists, so an untraced call
+costs one random draw; a client's sampled flag decides for its own calls, parent-based).
+Spans leave in batches from the SDK's own thread to an OTLP receiver (HTTP/protobuf or gRPC).
 
 What must always hold: nothing here runs unless `tracing` is configured (the ingress and the
 dispatcher hold a `Tracer` or None, and None leaves their path as it is); the OpenTelemetry
@@ -23,6 +23,8 @@ import asyncio
 import copy
 import dataclasses
 import logging
+import random
+import re
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -37,6 +39,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("infergate.tracing")
 TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
+# version-traceid-parentid-flags; all-zero ids are invalid (W3C Trace Context, section 3.2).
+_TRACEPARENT = re.compile(r"[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-([0-9a-f]{2})")
 R = TypeVar("R", bound=Upstream)
 Attempt = Callable[[Call, Forwarder, R, int | None, float], Coroutine[Any, Any, Answer]]
 
@@ -53,7 +57,7 @@ def _load_otel(cfg: Tracing) -> dict[str, Any]:
     from opentelemetry.sdk.resources import Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
-    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+    from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
     from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
     exporter: Any
@@ -70,8 +74,9 @@ def _load_otel(cfg: Tracing) -> dict[str, Any]:
         exporter = GrpcSpanExporter(endpoint=cfg.otlp_endpoint, headers=dict(cfg.headers),
                                     insecure=cfg.otlp_endpoint.startswith("http://"))
     # No atexit hook: Tracer.shutdown flushes within a bound at close (the SDK's own waits 30 s
-    # for an unreachable receiver).
-    provider = TracerProvider(sampler=ParentBased(TraceIdRatioBased(cfg.sample_ratio)),
+    # for an unreachable receiver). Root spans are sampled by Tracer.start_call before any span
+    # exists (an unsampled call costs a random draw), so the SDK samples every root it is given.
+    provider = TracerProvider(sampler=ParentBased(ALWAYS_ON),
                               resource=Resource.create({"service.name": cfg.service_name}),
                               shutdown_on_exit=False)
     processor = BatchSpanProcessor(exporter)
@@ -115,14 +120,25 @@ class Tracer:
         self._trace = trace = otel["trace"]
         self._server = trace.SpanKind.SERVER
         self._client = trace.SpanKind.CLIENT
+        self._ratio = cfg.sample_ratio
+        self._random = random.Random().random
 
     # ---- the gateway call ----------------------------------------------------------------
 
-    def start_call(self, call: Call) -> tuple[Span, object]:
-        """The call's server span, made the current one (returns it and the token to detach)."""
+    def start_call(self, call: Call) -> tuple[Span, object] | None:
+        """The call's server span, made the current one (returns it and the token to detach);
+        None for a call that is not traced: its client's trace is not sampled, or it starts
+        none (a missing or malformed traceparent) and the sample_ratio draw says no. Nothing
+        of OpenTelemetry runs for it, here or in its tries."""
         headers = call.headers
-        parent: Context | None = (self._propagator.extract(headers)
-                                  if "traceparent" in headers else None)
+        parent: Context | None = None
+        match = _TRACEPARENT.fullmatch(headers.get("traceparent", "").strip())
+        if match is not None:
+            if not int(match.group(1), 16) & 1:  # the client's trace, not sampled
+                return None
+            parent = self._propagator.extract(headers)
+        elif self._random() >= self._ratio:
+            return None
         span = self._tracer.start_span(f"{call.protocol} {call.method}", context=parent,
                                        kind=self._server)
         if span.is_recording():
@@ -161,8 +177,14 @@ class Tracer:
         tracer, client, trace = self._tracer, self._client, self._trace
         inject = self._propagator.inject
 
+        current = trace.get_current_span
+
         async def traced(call: Call, fwd: Forwarder, replica: R, version: int | None,
                          timeout: float) -> Answer:
+            # A call that is not traced. (Not is_recording(): a shadow copy runs after its
+            # call's span has ended, and belongs to the trace all the same.)
+            if not current().get_span_context().trace_flags.sampled:
+                return await attempt(call, fwd, replica, version, timeout)
             span = tracer.start_span(f"upstream {call.method}", kind=client)
             carrier: dict[str, str] = {}
             inject(carrier, context=trace.set_span_in_context(span))

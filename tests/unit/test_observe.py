@@ -67,6 +67,40 @@ def test_grpc_metadata_as_received_carries_the_try_traceparent(engine: str) -> N
         assert tried.extra.body is path.body and tried.extra.spec_end == 3
 
 
+# ---- sampling: an untraced call never reaches OpenTelemetry ----------------------------------
+
+@pytest.mark.parametrize(("traceparent", "draw", "traced"), [
+    (None, 0.30, False),  # no client trace: the gateway's draw against sample_ratio 0.25
+    (None, 0.20, True),
+    ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", 0.99, True),  # sampled parent
+    ("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-00", 0.00, False),  # not sampled
+    ("00-00000000000000000000000000000000-b7ad6b7169203331-01", 0.99, False),  # invalid: a draw
+    ("garbage", 0.20, True),
+])
+def test_which_calls_are_traced(traceparent: str | None, draw: float, traced: bool) -> None:
+    pytest.importorskip("opentelemetry.sdk", reason="the `tracing` extra is not installed")
+    from opentelemetry import context, trace
+
+    from gateway.observe.tracing import Tracer
+
+    tracer = Tracer(Tracing(otlp_endpoint="http://127.0.0.1:9", sample_ratio=0.25))
+    tracer._random = lambda: draw  # the draw, fixed
+    started = tracer.start_call(rest_call({} if traceparent is None else
+                                          {"traceparent": traceparent}))
+    try:
+        assert (started is not None) is traced
+        if started is not None:
+            span, token = started
+            assert span.is_recording() and trace.get_current_span() is span
+            if traceparent is not None and traceparent.startswith("00-0af7"):  # continued
+                assert format(span.get_span_context().trace_id, "032x") == traceparent[3:35]
+            context.detach(token)  # not ended: nothing is exported
+        else:
+            assert not trace.get_current_span().is_recording()
+    finally:
+        tracer.provider.shutdown()
+
+
 # ---- both off: the plain paths ---------------------------------------------------------------
 
 def test_without_an_observer_the_ingress_keeps_its_own_answer() -> None:
