@@ -37,8 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rest-conns", type=int, default=64)
     p.add_argument("--grpc-clients", type=int, default=8)
     p.add_argument("--grpc-streams", type=int, default=8)
-    p.add_argument("--against", metavar="REF",
-                   help="also measure the native gateway of commit REF (e.g. main, HEAD~3) "
+    p.add_argument("--against", metavar="REF[,REF...]",
+                   help="also measure the native gateway of each commit REF (e.g. main, HEAD~3) "
                         "beside this tree's, in the same interleaved runs")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs)")
     args = p.parse_args(argv)

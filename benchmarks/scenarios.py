@@ -52,7 +52,7 @@ class Results:
     workers: dict[str, Any] = field(default_factory=dict)
     replica: dict[str, Any] = field(default_factory=dict)
     tracing: dict[str, Any] = field(default_factory=dict)
-    against: str | None = None  # the target name of --against's gateway
+    against: list[str] = field(default_factory=list)  # target names of --against's gateways
     notes: list[str] = field(default_factory=list)
 
 
@@ -104,8 +104,8 @@ class Bench:
                                             proc.pid))
             self.grpc_targets.append(Target(name, f"http://127.0.0.1:{ports['grpc']}"
                                                   f"{protos.PREDICT_PATH}", proc.pid))
-        if self.args.against:
-            self._against(b_rest, b_grpc, rest_path)
+        for i, ref in enumerate(r for r in (self.args.against or "").split(",") if r):
+            self._against(ref, i, b_rest, b_grpc, rest_path)
         if "native" in self.engines:
             # The latency runs also measure the native engine with busy polling on (idle
             # otherwise: it does not poll without calls in flight).
@@ -127,13 +127,16 @@ class Bench:
             pid = self.procs.procs[f"gw-{engine}"].pid
             self.results.rss_idle_mib[engine] = load.rss_mib(load.family(pid))
 
-    def _against(self, b_rest: int, b_grpc: int, rest_path: str) -> None:
+    def _against(self, ref: str, i: int, b_rest: int, b_grpc: int, rest_path: str) -> None:
         """--against REF: the native gateway of another commit, measured beside this one."""
-        sha = procs.export_commit(self.args.against, self.workdir / "against")
-        cfg, ports = procs.gateway_config(self.workdir, "gw-against", b_rest, b_grpc, "native")
-        proc, _ = procs.start_gateway(self.procs, "gw-against", cfg, self.sut, ports["admin"],
-                                      source=self.workdir / "against")
-        name = self.results.against = f"gateway native @ {sha}"
+        tree = self.workdir / f"against-{i}"
+        sha = procs.export_commit(ref, tree)
+        cfg, ports = procs.gateway_config(self.workdir, f"gw-against-{i}", b_rest, b_grpc,
+                                          "native")
+        proc, _ = procs.start_gateway(self.procs, f"gw-against-{i}", cfg, self.sut,
+                                      ports["admin"], source=tree)
+        name = f"gateway native @ {sha}"
+        self.results.against.append(name)
         self.rest_targets.append(Target(name, f"http://127.0.0.1:{ports['rest']}{rest_path}",
                                         proc.pid))
         self.grpc_targets.append(Target(name, f"http://127.0.0.1:{ports['grpc']}"

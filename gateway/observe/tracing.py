@@ -26,6 +26,7 @@ import logging
 import random
 import re
 from collections.abc import Callable, Coroutine
+from contextvars import ContextVar, Token
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from gateway.config import Tracing
@@ -42,6 +43,10 @@ TRACE_HEADERS = frozenset({"traceparent", "tracestate"})
 # version-traceid-parentid-flags; all-zero ids are invalid (W3C Trace Context, section 3.2).
 _TRACEPARENT = re.compile(r"[0-9a-f]{2}-(?!0{32})[0-9a-f]{32}-(?!0{16})[0-9a-f]{16}-([0-9a-f]{2})")
 R = TypeVar("R", bound=Upstream)
+# Whether the call running in this context is traced (set with its server span); read by each
+# try first, so an untraced call's tries skip OpenTelemetry with one lookup.
+_TRACED: ContextVar[bool] = ContextVar("infergate_traced", default=False)
+CallToken = tuple[object, Token[bool]]  # what end_call undoes: the OTel context, _TRACED
 Attempt = Callable[[Call, Forwarder, R, int | None, float], Coroutine[Any, Any, Answer]]
 
 
@@ -125,20 +130,22 @@ class Tracer:
 
     # ---- the gateway call ----------------------------------------------------------------
 
-    def start_call(self, call: Call) -> tuple[Span, object] | None:
+    def start_call(self, call: Call) -> tuple[Span, CallToken] | None:
         """The call's server span, made the current one (returns it and the token to detach);
         None for a call that is not traced: its client's trace is not sampled, or it starts
         none (a missing or malformed traceparent) and the sample_ratio draw says no. Nothing
         of OpenTelemetry runs for it, here or in its tries."""
         headers = call.headers
         parent: Context | None = None
-        match = _TRACEPARENT.fullmatch(headers.get("traceparent", "").strip())
-        if match is not None:
-            if not int(match.group(1), 16) & 1:  # the client's trace, not sampled
+        given = headers.get("traceparent")
+        match = None if given is None else _TRACEPARENT.fullmatch(given.strip())
+        if match is None:  # no client trace (or a malformed one): the gateway's draw
+            if self._random() >= self._ratio:
                 return None
-            parent = self._propagator.extract(headers)
-        elif self._random() >= self._ratio:
+        elif not int(match.group(1), 16) & 1:  # the client's trace, not sampled
             return None
+        else:
+            parent = self._propagator.extract(headers)
         span = self._tracer.start_span(f"{call.protocol} {call.method}", context=parent,
                                        kind=self._server)
         if span.is_recording():
@@ -147,11 +154,13 @@ class Tracer:
                                  "infergate.label": call.label or "",
                                  "infergate.request.size": len(call.body)})
         token = self._context.attach(self._trace.set_span_in_context(span, parent))
-        return span, token
+        return span, (token, _TRACED.set(True))
 
-    def end_call(self, span: Span, token: object, call: Call,
+    def end_call(self, span: Span, token: CallToken, call: Call,
                  result: Answer | GatewayError) -> None:
-        self._context.detach(token)
+        otel_token, traced_token = token
+        self._context.detach(otel_token)
+        _TRACED.reset(traced_token)
         if span.is_recording():
             if isinstance(result, Answer):
                 version = result.version if result.version is not None else call.version
@@ -177,13 +186,13 @@ class Tracer:
         tracer, client, trace = self._tracer, self._client, self._trace
         inject = self._propagator.inject
 
-        current = trace.get_current_span
+        traced_call = _TRACED.get
 
         async def traced(call: Call, fwd: Forwarder, replica: R, version: int | None,
                          timeout: float) -> Answer:
-            # A call that is not traced. (Not is_recording(): a shadow copy runs after its
-            # call's span has ended, and belongs to the trace all the same.)
-            if not current().get_span_context().trace_flags.sampled:
+            # A call that is not traced. (A shadow copy runs after its call's span has ended,
+            # in a task spawned while the call was traced: it belongs to the trace.)
+            if not traced_call():
                 return await attempt(call, fwd, replica, version, timeout)
             span = tracer.start_span(f"upstream {call.method}", kind=client)
             carrier: dict[str, str] = {}

@@ -128,7 +128,9 @@ class Pipeline:
         model = router.name
         if not self._runtime().replicas.knows(model):
             await self.discovery.discover(model)
-        answer = await self._route(call, fwd, router, now)
+        # Without a fallback chain for this call, straight to the primary (one coroutine less).
+        route = self._route if self.fallback.wanted(router, call) else self._route_primary
+        answer = await route(call, fwd, router, now)
         if (answer.status == (NOT_FOUND_CODE if call.protocol == "grpc" else 404)
                 and self._chosen_version_vanished(call, router, answer)):
             # The gateway picked the version from its last probe and that replica has just
@@ -137,7 +139,7 @@ class Pipeline:
             # asked for.
             self.metrics.retries.labels(self.model_label(model)).inc()
             await self.discovery.refresh(model)
-            answer = await self._route(call, fwd, router, time.monotonic())
+            answer = await route(call, fwd, router, time.monotonic())
         return answer
 
     def _chosen_version_vanished(self, call: Call, router: ModelRouter, answer: Answer) -> bool:
@@ -150,8 +152,7 @@ class Pipeline:
         return answer.status == (NOT_FOUND_CODE if call.protocol == "grpc" else 404)
 
     async def _route(self, call: Call, fwd: Forwarder, router: ModelRouter, now: float) -> Answer:
-        if not self.fallback.wanted(router, call):
-            return await self._route_primary(call, fwd, router, now)
+        """The primary with the model's fallback chain behind it (fallback.wanted)."""
         if router.cfg.fallback and self._browned_out(call, router, now):
             try:
                 moved = await self.fallback.recover(call, fwd, router, BrownedOut("brownout"),

@@ -157,6 +157,11 @@ class CostLedger:
         self._buckets: dict[int, _Bucket] = {}
         self._accrued_to: float | None = None  # cost is accrued up to here
         self._started: float | None = None
+        # The bucket calls were last counted in, and the times it spans: the per-call feed
+        # finds it with two comparisons.
+        self._cur: _Bucket | None = None
+        self._cur_idx = 0
+        self._cur_from = self._cur_to = 0.0
 
     def configure(self, replicas: Iterable[ReplicaPrice], now: float) -> None:
         """The fleet and its prices from `now` on; what ran before keeps its old price."""
@@ -235,7 +240,13 @@ class CostLedger:
     # ---- buckets -----------------------------------------------------------------------------
 
     def _bucket(self, now: float) -> _Bucket:
-        return self._bucket_at(math.floor(now / self.bucket_s))
+        if self._cur_from <= now < self._cur_to and self._cur is not None:
+            return self._cur
+        idx = math.floor(now / self.bucket_s)
+        b = self._cur = self._bucket_at(idx)
+        self._cur_idx = idx
+        self._cur_from, self._cur_to = idx * self.bucket_s, (idx + 1) * self.bucket_s
+        return b
 
     def _bucket_at(self, idx: int) -> _Bucket:
         b = self._buckets.get(idx)
@@ -247,6 +258,8 @@ class CostLedger:
     def _prune(self, newest: int) -> None:
         for idx in [i for i in self._buckets if i <= newest - self._n]:
             del self._buckets[idx]
+        if self._cur is not None and self._buckets.get(self._cur_idx) is not self._cur:
+            self._cur, self._cur_from, self._cur_to = None, 0.0, 0.0
 
     def _live(self, now: float) -> list[_Bucket]:
         newest = math.floor(now / self.bucket_s)

@@ -53,7 +53,7 @@ class IngressHost(Protocol):
     async def handle(self, call: Call, fwd: Forwarder) -> Answer: ...
 
     def observe_call(self, protocol: str, model: str | None, answer: Answer | None, code: str,
-                     t0: float) -> None: ...
+                     t0: float, call: Call | None = None) -> None: ...
 
     def call_started(self) -> None: ...
 
@@ -108,7 +108,7 @@ class Ingress:
                           call.model or "(no model)")
             self.metrics.errors.labels(self.protocol, "internal").inc()
             return InternalError("Internal gateway error")
-        self.host.observe_call(self.protocol, call.model, answer, str(answer.status), t0)
+        self.host.observe_call(self.protocol, call.model, answer, str(answer.status), t0, call)
         return answer
 
     def refused(self, exc: GatewayError, model: str | None, t0: float) -> None:

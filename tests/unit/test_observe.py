@@ -94,7 +94,7 @@ def test_which_calls_are_traced(traceparent: str | None, draw: float, traced: bo
             assert span.is_recording() and trace.get_current_span() is span
             if traceparent is not None and traceparent.startswith("00-0af7"):  # continued
                 assert format(span.get_span_context().trace_id, "032x") == traceparent[3:35]
-            context.detach(token)  # not ended: nothing is exported
+            context.detach(token[0])  # not ended: nothing is exported
         else:
             assert not trace.get_current_span().is_recording()
     finally:
