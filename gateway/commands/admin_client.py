@@ -7,10 +7,13 @@ Standard library only (urllib), so the tools work wherever the package is instal
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 DEFAULT_ADMIN = "http://127.0.0.1:9901"
@@ -25,6 +28,18 @@ class CliError(Exception):
     def __init__(self, message: str, code: int) -> None:
         super().__init__(message)
         self.code = code
+
+
+def run_command(name: str, parser: argparse.ArgumentParser,
+                run: Callable[[argparse.Namespace], int], argv: list[str] | None) -> int:
+    """A command's main: parse `argv` (sys.argv's by default), run it, and turn a CliError into
+    its message on stderr and its exit code."""
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        return run(args)
+    except CliError as exc:
+        print(f"infergate {name}: {exc}", file=sys.stderr)
+        return exc.code
 
 
 def request(url: str, method: str = "GET", body: dict[str, Any] | None = None,

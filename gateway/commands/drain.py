@@ -18,7 +18,14 @@ import sys
 import time
 import urllib.parse
 
-from gateway.commands.admin_client import DEFAULT_ADMIN, CliError, admin_base, request, token_of
+from gateway.commands.admin_client import (
+    DEFAULT_ADMIN,
+    CliError,
+    admin_base,
+    request,
+    run_command,
+    token_of,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,12 +68,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        return run(args)
-    except CliError as exc:
-        print(f"infergate drain: {exc}", file=sys.stderr)
-        return exc.code
+    return run_command("drain", build_parser(), run, argv)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import sys
 import urllib.parse
 from typing import Any
 
-from gateway.commands.admin_client import DEFAULT_ADMIN, CliError, admin_base, token_of
+from gateway.commands.admin_client import DEFAULT_ADMIN, CliError, admin_base, run_command, token_of
 from gateway.commands.admin_client import request as _request
 
 ACTIONS = ("pause", "resume", "promote", "abort")
@@ -110,12 +110,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        return run(args)
-    except CliError as exc:
-        print(f"infergate rollout: {exc}", file=sys.stderr)
-        return exc.code
+    return run_command("rollout", build_parser(), run, argv)
 
 
 if __name__ == "__main__":
