@@ -8,9 +8,18 @@ call carried, as a bounded label: `key-` and the first 8 hex digits of the key's
 only from the model's configured keys (a key that matches none gives no label, so a client
 cannot make up label values, and no key ever appears as itself).
 
+Several gateways on one shared store (Redis, or the workers' folder) count one fleet: every
+`PUBLISH_S` each publishes the calls it sent each replica per bucket and reads the others'
+(kept for the whole window, so a gateway that has stopped still accounts for the calls it sent),
+and its report shares each replica's cost among every gateway's calls. Each gateway's model
+figures are then its own calls' share: infergate_cost_last_hour adds up across gateways, and
+infergate_cost_per_1k_predictions is the fleet's on every one of them. The ledger runs on the
+wall clock (`clock`, time.time) so that its buckets line up with the other gateways'.
+
 What must always hold: the per-call work is a few dict updates (a SHA-256 only for models with
 keys); a reload or a discovery swap re-prices the fleet from the moment it applies; gauges of a
-(pool, model) that left the window are removed, not left at their last value.
+(pool, model) that left the window are removed, not left at their last value; a shared store
+that cannot be reached leaves the last peers' counts in place.
 """
 
 from __future__ import annotations
@@ -25,11 +34,13 @@ from typing import Any
 from gateway.config import GatewayConfig
 from gateway.core.call import Answer, Call, api_key_of
 from gateway.core.metrics import Metrics
+from gateway.core.shared import Doc, SharedStore
 from gateway.core.tasks import spawn
 from gateway.fleet.replicas import ReplicaState
-from gateway.scaling.cost import CostLedger, CostReport, prices
+from gateway.scaling.cost import CostLedger, CostReport, PeerCounts, prices
 
 PUBLISH_S = 5.0
+TOPIC = "cost"
 
 KeyLabels = tuple[tuple[bytes, str], ...]  # (SHA-256 digest of a configured key, its label)
 
@@ -58,13 +69,30 @@ def key_label(headers: Mapping[str, str], keys: KeyLabels) -> str | None:
     return None
 
 
+def peer_counts(doc: Doc, bucket_s: float) -> PeerCounts | None:
+    """A peer's published counts, or None for a document this ledger cannot use (another
+    bucket size, or malformed)."""
+    if doc.get("bucket_s") != bucket_s or not isinstance(doc.get("served"), dict):
+        return None
+    out: dict[int, dict[str, int]] = {}
+    try:
+        for idx, counts in doc["served"].items():
+            out[int(idx)] = {str(r): int(n) for r, n in counts.items() if int(n) > 0}
+    except (TypeError, ValueError, AttributeError):
+        return None
+    return out
+
+
 class CostFeed:
     def __init__(self, config: Callable[[], GatewayConfig], metrics: Metrics,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.time, shared: SharedStore | None = None
+                 ) -> None:
         self._config = config
         self._metrics = metrics
         self._clock = clock
+        self._shared = shared
         self.ledger = CostLedger()
+        self._peers: list[PeerCounts] = []
         self._keys: dict[str, KeyLabels] = {}
         self._published: set[tuple[str, ...]] = set()
         self.configure()
@@ -76,12 +104,13 @@ class CostFeed:
         self._keys = key_labels(cfg)
 
     def upstream(self, replica: ReplicaState, seconds: float, now: float) -> None:
-        self.ledger.busy(replica.name, seconds, now)
+        """`now` is monotonic (the hook's); the ledger counts on its own, shared clock."""
+        self.ledger.busy(replica.name, seconds, self._clock())
 
     def answered(self, model: str, answer: Answer | None, now: float) -> None:
         """`model` is the bounded model label; only calls a replica answered count."""
         if model and answer is not None and answer.replica and answer.cache != "hit":
-            self.ledger.served(answer.replica, model, now)
+            self.ledger.served(answer.replica, model, self._clock())
 
     def keyed(self, call: Call, answer: Answer) -> Answer:
         """Counts who a call was for: its tenant (`tenants:`), else the label of its key
@@ -99,7 +128,22 @@ class CostFeed:
         return answer
 
     def report(self) -> CostReport:
-        return self.ledger.report(self._clock())
+        return self.ledger.report(self._clock(), self._peers)
+
+    async def share(self) -> None:
+        """Publish this gateway's calls per replica and bucket; read every other gateway's."""
+        shared = self._shared
+        if shared is None:
+            return
+        ledger = self.ledger
+        served = ledger.served_counts(self._clock())
+        await shared.publish(TOPIC, {"bucket_s": ledger.bucket_s,
+                                     "served": {str(i): c for i, c in served.items()}})
+        docs = await shared.collect(TOPIC, ledger.window_s)
+        if docs is None:
+            return  # unreachable: the last peers' counts stay
+        peers = (peer_counts(d, ledger.bucket_s) for k, d in docs.items() if k != shared.instance)
+        self._peers = [p for p in peers if p is not None]
 
     def to_json(self) -> dict[str, Any]:
         return self.report().to_json()
@@ -125,5 +169,6 @@ class CostFeed:
 
     async def _publish_every(self, period_s: float) -> None:
         while True:
+            await self.share()
             self.publish()
             await asyncio.sleep(period_s)

@@ -92,7 +92,8 @@ class Gateway:
         self.scale = ScaleService(lambda: self.runtime, self.metrics, self.webhooks.notify,
                                   self.shared)
         self.traffic = TrafficStats()
-        self.cost = CostFeed(lambda: self.runtime.cfg, self.metrics)  # GET /api/cost
+        self.cost = CostFeed(lambda: self.runtime.cfg, self.metrics,  # GET /api/cost
+                             shared=self.shared)
         self.caches = ModelCaches()
         self.caches.sync(cfg)
         self.tenants = TenantBook(self.metrics, cfg.cache.store)

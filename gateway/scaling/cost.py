@@ -25,25 +25,36 @@ bucket's cost of it goes to its pool's `idle_cost`. Calls, not replica-seconds, 
 Cache hits cost no replica time and are not fed in; a fallback or brownout call is charged to the
 replica (and so the pool) that answered it.
 
+Several gateways (pods on one Redis, the workers of `--workers N`) share one fleet: each counts
+only the calls it sent, so each publishes its calls per replica and bucket (`served_counts`) and
+hands the others' to `report` (`peers`). A replica's cost in a bucket is then shared among every
+gateway's calls to it: this gateway's models get their part, the others' part is `peer_cost`, and
+a replica counts as idle only when no gateway sent it a call. Buckets line up across gateways
+because the feed gives wall-clock times.
+
 Per API key (a bounded label, never the key): each call made with a key gets the same share of
 its replica's cost as any other call there, so a model's key labels add up to its cost when all
 its calls carry a key.
 
-What must always hold: for each pool, the cost attributed to models plus `idle_cost` equals the
-pool's `cost` (float rounding aside); a price change applies from the moment it is configured
-(the past keeps the price it accrued at); nothing grows without bound.
+What must always hold: for each pool, the cost attributed to models plus `peer_cost` plus
+`idle_cost` equals the pool's `cost` (float rounding aside; `peer_cost` is 0 without peers); a
+price change applies from the moment it is configured (the past keeps the price it accrued at);
+nothing grows without bound.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.config import GatewayConfig
 
 HOUR_S = 3600.0
+
+# Other gateways' calls, as they publish them: bucket index -> replica -> calls.
+PeerCounts = Mapping[int, Mapping[str, int]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +91,7 @@ class PoolCost:
     replicas: int  # priced replicas in it now
     cost: float = 0.0  # accrued over the window
     idle_cost: float = 0.0  # the part no call was served with
+    peer_cost: float = 0.0  # the part other gateways' calls were served with
     busy_s: float = 0.0  # upstream seconds its replicas spent answering
 
 
@@ -113,6 +125,7 @@ class CostReport:
     pools: dict[str, PoolCost]
     models: dict[str, ModelCost]
     unpriced: list[str]
+    gateways: int = 1  # this one and the peers whose calls were counted
 
     @property
     def total(self) -> float:
@@ -127,11 +140,13 @@ class CostReport:
 
         return {
             "window_s": self.window_s, "covered_s": round(self.covered_s, 3), "currency": currency,
+            "gateways": self.gateways,
             "total": {"cost": money(self.total),
-                      "idle_cost": money(sum(p.idle_cost for p in self.pools.values()))},
+                      "idle_cost": money(sum(p.idle_cost for p in self.pools.values())),
+                      "peer_cost": money(sum(p.peer_cost for p in self.pools.values()))},
             "pools": {name: {"cost_per_hour": money(p.cost_per_hour), "replicas": p.replicas,
                              "cost": money(p.cost), "idle_cost": money(p.idle_cost),
-                             "busy_s": round(p.busy_s, 3)}
+                             "peer_cost": money(p.peer_cost), "busy_s": round(p.busy_s, 3)}
                       for name, p in sorted(self.pools.items())},
             "models": {name: {"calls": m.calls, "cost": money(m.cost),
                               "cost_per_1k": money(m.cost_per_1k),
@@ -189,7 +204,20 @@ class CostLedger:
 
     # ---- the figures -------------------------------------------------------------------------
 
-    def report(self, now: float) -> CostReport:
+    def served_counts(self, now: float) -> dict[int, dict[str, int]]:
+        """The calls each replica answered, per live bucket: what this gateway tells its peers."""
+        out: dict[int, dict[str, int]] = {}
+        for idx, b in self._live(now):
+            counts: dict[str, int] = {}
+            for (replica, _), n in b.calls.items():
+                counts[replica] = counts.get(replica, 0) + n
+            if counts:
+                out[idx] = counts
+        return out
+
+    def report(self, now: float, peers: Iterable[PeerCounts] = ()) -> CostReport:
+        """The window's figures; `peers`: the calls other gateways sent the same replicas."""
+        peers = list(peers)
         self._accrue(now)
         pools: dict[str, PoolCost] = {}
         for r in self._roster.values():
@@ -198,15 +226,20 @@ class CostLedger:
                 p.cost_per_hour += r.cost_per_hour
                 p.replicas += 1
         models: dict[str, ModelCost] = {}
-        for b in self._live(now):
-            self._attribute(b, pools, models)
+        for idx, b in self._live(now):
+            theirs: dict[str, int] = {}
+            for peer in peers:
+                for replica, n in peer.get(idx, {}).items():
+                    theirs[replica] = theirs.get(replica, 0) + n
+            self._attribute(b, pools, models, theirs)
         unpriced = sorted(r.name for r in self._roster.values() if r.cost_per_hour is None)
         started = self._started if self._started is not None else now
-        return CostReport(self.window_s, min(self.window_s, now - started), pools, models, unpriced)
+        return CostReport(self.window_s, min(self.window_s, now - started), pools, models, unpriced,
+                          1 + len(peers))
 
-    def _attribute(self, b: _Bucket, pools: dict[str, PoolCost],
-                   models: dict[str, ModelCost]) -> None:
-        served: dict[str, int] = {}
+    def _attribute(self, b: _Bucket, pools: dict[str, PoolCost], models: dict[str, ModelCost],
+                   theirs: Mapping[str, int]) -> None:
+        served: dict[str, int] = dict(theirs)  # every gateway's calls, per replica
         for (replica, _), n in b.calls.items():
             served[replica] = served.get(replica, 0) + n
         for replica, cost in b.cost.items():
@@ -215,6 +248,8 @@ class CostLedger:
             p.busy_s += b.busy.get(replica, 0.0)
             if not served.get(replica):
                 p.idle_cost += cost
+            elif theirs.get(replica):
+                p.peer_cost += cost * theirs[replica] / served[replica]
         for (replica, model), n in b.calls.items():
             m = models.get(model)
             if m is None:
@@ -261,10 +296,10 @@ class CostLedger:
         if self._cur is not None and self._buckets.get(self._cur_idx) is not self._cur:
             self._cur, self._cur_from, self._cur_to = None, 0.0, 0.0
 
-    def _live(self, now: float) -> list[_Bucket]:
+    def _live(self, now: float) -> list[tuple[int, _Bucket]]:
         newest = math.floor(now / self.bucket_s)
         self._prune(newest)
-        return [b for i, b in sorted(self._buckets.items()) if i <= newest]
+        return [(i, b) for i, b in sorted(self._buckets.items()) if i <= newest]
 
     def _accrue(self, now: float) -> None:
         """Add each priced replica's cost from the last accrual to `now`, bucket by bucket. The

@@ -19,7 +19,7 @@ import pytest
 
 from tests.integration.conftest import model_config
 from tests.integration.gwproc import GatewayProc, http
-from tests.support.procs import ReplicaProc, start_replica
+from tests.support.procs import ReplicaProc, start_redis, start_replica
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 
@@ -102,3 +102,50 @@ def test_api_cost_matches_prices_and_calls(replica: ReplicaProc, gateway_factory
     assert status == 200, out
     status, doc = g.api("/api/cost")
     assert doc["pools"]["gpu"]["cost_per_hour"] == pytest.approx(7.92)
+
+
+def test_gateways_on_one_redis_share_the_fleets_cost(replica: ReplicaProc,
+                                                     tmp_path: pathlib.Path) -> None:
+    """Two gateways on one Redis, 30 calls through the first and 10 through the second, to the
+    same priced replicas: each charges its own calls their share of the fleet's cost, so both
+    report about the same cost per 1k (alone, the second would charge the whole fleet to its
+    10 calls: 4x), and their model costs add up to what the pool cost."""
+    redis = start_redis()
+    cfg = {**config(replica, 3.6), "cache": {"store": redis.url}}
+    cfg["replicas"] = cfg["replicas"][:2]  # r0 and r1: priced
+    gws = [GatewayProc(cfg, tmp_path / f"gw{i}", name=f"gw{i}") for i in range(2)]
+    try:
+        for g, calls in zip(gws, (30, 10), strict=True):
+            for _ in range(calls):
+                status, _, _ = http("POST", g.rest_url + "/v1/models/half_plus_two:predict",
+                                    {"instances": [1.0]}, headers={"x-api-key": KEY})
+                assert status == 200
+
+        def shared() -> list[dict[str, Any]] | None:
+            docs = [g.api("/api/cost")[1] for g in gws]
+            return docs if all(d["gateways"] == 2 for d in docs) else None
+
+        deadline = time.monotonic() + 20  # every 5 s each publishes and reads the other
+        docs = shared()
+        while docs is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+            docs = shared()
+        assert docs is not None, "the gateways never counted each other"
+        # Read again once both have exchanged counts, after their calls (no call since).
+        time.sleep(5.5)
+        docs = [g.api("/api/cost")[1] for g in gws]
+        first, second = (d["models"]["half_plus_two"] for d in docs)
+        assert (first["calls"], second["calls"]) == (30, 10)
+        ratio = second["cost_per_1k"] / first["cost_per_1k"]
+        assert 0.7 < ratio < 1.4, (first, second)  # each ledger's cost runs from its own start
+        for d in docs:
+            gpu = d["pools"]["gpu"]
+            assert gpu["peer_cost"] > 0
+            assert d["models"]["half_plus_two"]["cost"] + gpu["peer_cost"] + gpu["idle_cost"] \
+                == pytest.approx(gpu["cost"], abs=5e-6)
+        pool = max(d["pools"]["gpu"]["cost"] - d["pools"]["gpu"]["idle_cost"] for d in docs)
+        assert first["cost"] + second["cost"] == pytest.approx(pool, rel=0.3)
+    finally:
+        for g in gws:
+            g.stop()
+        redis.stop()

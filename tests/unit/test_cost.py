@@ -4,20 +4,23 @@ gauges)."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
+import math
 import random
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from gateway.app.cost_feed import CostFeed, key_label, key_labels
+from gateway.app.cost_feed import CostFeed, key_label, key_labels, peer_counts
 from gateway.commands.scale_simulate import load_trace, simulate, trace_cost
 from gateway.commands.scale_simulate import main as scale_main
 from gateway.config import GatewayConfig, parse_config
 from gateway.core.call import Answer, Call
 from gateway.core.metrics import Metrics
+from gateway.core.shared import FileShared
 from gateway.scaling import PoolScalePolicy
 from gateway.scaling.cost import CostLedger, CostReport, ReplicaPrice, prices
 
@@ -47,12 +50,13 @@ def ledger(cfg: GatewayConfig | None = None, now: float = T0, **kw: float) -> Co
 
 
 def adds_up(rep: CostReport) -> None:
-    """Per pool: the models' shares plus the idle line are the pool's cost."""
+    """Per pool: the models' shares plus the peers' and the idle lines are the pool's cost."""
     for name, p in rep.pools.items():
         shares = sum(m.by_pool[name].cost for m in rep.models.values() if name in m.by_pool)
-        assert shares + p.idle_cost == pytest.approx(p.cost, rel=1e-9, abs=1e-12), name
-    assert sum(m.cost for m in rep.models.values()) + sum(p.idle_cost for p in rep.pools.values()) \
-        == pytest.approx(rep.total, rel=1e-9)
+        assert shares + p.peer_cost + p.idle_cost == pytest.approx(p.cost, rel=1e-9, abs=1e-12), name
+    assert (sum(m.cost for m in rep.models.values())
+            + sum(p.idle_cost + p.peer_cost for p in rep.pools.values())
+            == pytest.approx(rep.total, rel=1e-9))
 
 
 def test_prices_own_then_pool_then_none() -> None:
@@ -105,6 +109,66 @@ def test_a_replicas_cost_follows_its_calls_within_a_minute() -> None:
     # g1 and g2 answered nothing: their minute is idle.
     assert rep.pools["gpu"].idle_cost == pytest.approx(2 * 3.6 / 60)
     adds_up(rep)
+
+
+def test_gateways_share_a_replicas_cost_by_their_calls() -> None:
+    """Three gateways send g1 calls in the same minute (1, 2 and 1 of them): each gets its
+    calls' share, the fleet's cost per call is the same on each, the shares add up to g1's
+    minute, and a replica only the others used is not idle here."""
+    leds = [ledger(), ledger(), ledger()]
+    for led, n in zip(leds, (1, 2, 1), strict=True):
+        for i in range(n):
+            led.served("g1", "resnet", T0 + 5 + i)
+    leds[2].served("g2", "bert", T0 + 7)
+    now = T0 + 60
+    counts = [led.served_counts(now) for led in leds]
+    assert counts[1] == {math.floor(T0 / 60): {"g1": 2}}
+    reports = [led.report(now, counts[:i] + counts[i + 1:]) for i, led in enumerate(leds)]
+    minute = 3.6 / 60
+    for rep, n in zip(reports, (1, 2, 1), strict=True):
+        assert rep.gateways == 3
+        assert rep.models["resnet"].cost == pytest.approx(minute * n / 4)
+        assert rep.models["resnet"].cost_per_1k == pytest.approx(minute / 4 * 1000)
+        adds_up(rep)
+    assert sum(r.models["resnet"].cost for r in reports) == pytest.approx(minute)
+    first = reports[0].pools["gpu"]
+    assert first.peer_cost == pytest.approx(minute * 3 / 4 + minute)  # g1's 3/4, all of g2's
+    assert first.idle_cost == pytest.approx(1.2 / 60)  # only the spot replica was idle
+    # Alone, the first gateway charged g1's whole minute to its one call.
+    assert leds[0].report(now).models["resnet"].cost == pytest.approx(minute)
+
+
+def test_feed_shares_counts_through_the_store(tmp_path: Path) -> None:
+    """Two feeds (two gateways) on one shared folder: after a round each reports the fleet's
+    cost per 1k, not four times it; a peer's malformed document is ignored."""
+    cfg = config()
+    clock = Clock(T0)
+    feeds = [CostFeed(lambda: cfg, Metrics(), clock, FileShared(tmp_path, f"gw{i}"))
+             for i in range(2)]
+    for i in range(10):
+        clock.t = T0 + i
+        feeds[i % 2].answered("resnet", Answer(200, replica="g1"), 0.0)
+    (tmp_path / "cost@broken.json").write_text('{"at": 1e12, "doc": {"bucket_s": 60, "served": 7}}')
+    clock.t = T0 + 60
+
+    async def rounds() -> None:
+        for _ in range(2):  # the first gateway reads the second's counts in the second round
+            for f in feeds:
+                await f.share()
+
+    asyncio.run(rounds())
+    for f in feeds:
+        doc = f.to_json()
+        assert doc["gateways"] == 2
+        assert doc["models"]["resnet"]["calls"] == 5
+        assert doc["models"]["resnet"]["cost_per_1k"] == pytest.approx(3.6 / 60 / 10 * 1000)
+
+
+def test_peer_documents_of_another_bucket_size_or_malformed_are_refused() -> None:
+    assert peer_counts({"bucket_s": 60.0, "served": {"100": {"g1": 3}}}, 60.0) == {100: {"g1": 3}}
+    assert peer_counts({"bucket_s": 30.0, "served": {"100": {"g1": 3}}}, 60.0) is None
+    assert peer_counts({"bucket_s": 60.0, "served": {"x": {"g1": 3}}}, 60.0) is None
+    assert peer_counts({"bucket_s": 60.0, "served": {"100": ["g1"]}}, 60.0) is None
 
 
 def test_idle_fleet_is_all_idle() -> None:
