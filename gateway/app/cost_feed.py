@@ -93,6 +93,7 @@ class CostFeed:
         self._shared = shared
         self.ledger = CostLedger()
         self._peers: list[PeerCounts] = []
+        self._busy: dict[str, float] = {}  # upstream seconds per replica since the last fold
         self._keys: dict[str, KeyLabels] = {}
         self._published: set[tuple[str, ...]] = set()
         self.configure()
@@ -104,13 +105,25 @@ class CostFeed:
         self._keys = key_labels(cfg)
 
     def upstream(self, replica: ReplicaState, seconds: float, now: float) -> None:
-        """`now` is monotonic (the hook's); the ledger counts on its own, shared clock."""
-        self.ledger.busy(replica.name, seconds, self._clock())
+        """Per upstream answer: added up here, given to the ledger when figures are read (every
+        `PUBLISH_S`; busy seconds are a pool-level figure, a few seconds late is fine)."""
+        busy, name = self._busy, replica.name
+        busy[name] = busy.get(name, 0.0) + seconds
 
-    def answered(self, model: str, answer: Answer | None, now: float) -> None:
-        """`model` is the bounded model label; only calls a replica answered count."""
+    def answered(self, model: str, answer: Answer | None, now: float,
+                 call: Call | None = None) -> None:
+        """`model` is the bounded model label; only calls a replica answered count (`now` is
+        the hook's monotonic time: the ledger counts on its own, shared clock). With `call`,
+        who it was for is counted too (`keyed`)."""
         if model and answer is not None and answer.replica and answer.cache != "hit":
             self.ledger.served(answer.replica, model, self._clock())
+            if call is not None and (call.tenant or model in self._keys):
+                self.keyed(call, answer)
+
+    def _fold(self, now: float) -> None:
+        busy, self._busy = self._busy, {}
+        for name, seconds in busy.items():
+            self.ledger.busy(name, seconds, now)
 
     def keyed(self, call: Call, answer: Answer) -> Answer:
         """Counts who a call was for: its tenant (`tenants:`), else the label of its key
@@ -128,7 +141,9 @@ class CostFeed:
         return answer
 
     def report(self) -> CostReport:
-        return self.ledger.report(self._clock(), self._peers)
+        now = self._clock()
+        self._fold(now)
+        return self.ledger.report(now, self._peers)
 
     async def share(self) -> None:
         """Publish this gateway's calls per replica and bucket; read every other gateway's."""

@@ -140,8 +140,6 @@ class Gateway:
                      t0: float, call: Call | None = None) -> None:
         """Completion hook of every answered call (answer None: the gateway answered an error;
         `call` given with a pipeline's answer: who it was for is counted too)."""
-        if call is not None and answer is not None:
-            self.cost.keyed(call, answer)
         m = self.pipeline.model_label(model)
         version = "" if answer is None or answer.version is None else str(answer.version)
         now = time.monotonic()
@@ -150,7 +148,7 @@ class Gateway:
         mx.child(mx.requests, protocol, m, version, answer.replica if answer else "", code).inc()
         mx.child(mx.latency, protocol, m).observe(elapsed)
         if m:
-            self.cost.answered(m, answer, now)
+            self.cost.answered(m, answer, now, call)
             ok = answer is not None and answer.ok(protocol)
             self.traffic.observe(m, answer.arm if answer else "", version, ok, elapsed, now)
             if answer is not None and answer.arm:

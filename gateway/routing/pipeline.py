@@ -17,8 +17,8 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
-from typing import Protocol
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol
 
 from gateway.cache import PredictionCache
 from gateway.config import ExactCache
@@ -55,6 +55,10 @@ class Discovery(Protocol):
 
 class RolloutFeed(RolloutView, Protocol):
     def observe(self, model: str, arm: str, ok: bool, latency_s: float) -> None: ...
+
+
+# A model's route for a call: its primary alone, or with the fallback chain behind it.
+Route = Callable[[Call, Forwarder, ModelRouter, float], Coroutine[Any, Any, Answer]]
 
 
 class Pipeline:
@@ -103,44 +107,43 @@ class Pipeline:
                 return await self._broadcast(call, fwd, now)
             return await self.dispatcher.send(call, fwd, self._any(now), None, "", now)
         router = rt.router(model)
-        if not (self.tenants.active or router.key_digests):
-            self._door(call.headers.get("x-priority", "standard"), rt)
-            return await self._serve(call, fwd, router, now)
-        tenant = await self.tenants.admit(call, router, now)
-        if tenant == OPEN:
-            self._door(call.headers.get("x-priority", "standard"), rt)
-            return await self._serve(call, fwd, router, now)
+        tenant = (OPEN if not (self.tenants.tenants or router.key_digests)
+                  else await self.tenants.admit(call, router, now))
         ok = False
-        try:
-            self._door(self.tenants.priority(tenant, call.headers), rt)
-            answer = await self._serve(call, fwd, router, now)
-            ok = answer.ok(call.protocol)
+        try:  # one body for open models and admitted tenants (no coroutine of its own)
+            if self.admission.in_flight >= rt.admission_limit * 0.8:
+                self._door(call.headers.get("x-priority", "standard") if tenant == OPEN
+                           else self.tenants.priority(tenant, call.headers), rt)
+            if not rt.replicas.knows(model):
+                await self.discovery.discover(model)
+            # Without a fallback chain for this call, straight to the primary route.
+            route = self._route if self.fallback.wanted(router, call) else self._route_primary
+            answer = await route(call, fwd, router, now)
+            if answer.status == (NOT_FOUND_CODE if call.protocol == "grpc" else 404):
+                answer = await self._vanished(call, fwd, router, route, answer)
+            if tenant != OPEN:
+                ok = answer.ok(call.protocol)
             return answer
         finally:
-            self.tenants.release(tenant, ok)
+            if tenant != OPEN:  # an admitted tenant's call is released, whatever happened
+                self.tenants.release(tenant, ok)
 
     def _door(self, priority: str, rt: Runtime) -> None:
         """Shed at the door when the gateway holds too many calls (from 80 % of its limit)."""
         if self.admission.in_flight >= rt.admission_limit * 0.8:
             self.admission.check(priority, rt.admission_limit)
 
-    async def _serve(self, call: Call, fwd: Forwarder, router: ModelRouter, now: float) -> Answer:
-        model = router.name
-        if not self._runtime().replicas.knows(model):
-            await self.discovery.discover(model)
-        # Without a fallback chain for this call, straight to the primary (one coroutine less).
-        route = self._route if self.fallback.wanted(router, call) else self._route_primary
-        answer = await route(call, fwd, router, now)
-        if (answer.status == (NOT_FOUND_CODE if call.protocol == "grpc" else 404)
-                and self._chosen_version_vanished(call, router, answer)):
-            # The gateway picked the version from its last probe and that replica has just
-            # unloaded it (TF Serving unloads the old latest as soon as a new one is AVAILABLE):
-            # look again now and route once more, instead of relaying a 404 the client never
-            # asked for.
-            self.metrics.retries.labels(self.model_label(model)).inc()
-            await self.discovery.refresh(model)
-            answer = await route(call, fwd, router, time.monotonic())
-        return answer
+    async def _vanished(self, call: Call, fwd: Forwarder, router: ModelRouter, route: Route,
+                        answer: Answer) -> Answer:
+        """A 404: if it is for the version the gateway picked from its last probe and that
+        replica has just unloaded it (TF Serving unloads the old latest as soon as a new one is
+        AVAILABLE), look again now and route once more, instead of relaying a 404 the client
+        never asked for."""
+        if not self._chosen_version_vanished(call, router, answer):
+            return answer
+        self.metrics.retries.labels(self.model_label(router.name)).inc()
+        await self.discovery.refresh(router.name)
+        return await route(call, fwd, router, time.monotonic())
 
     def _chosen_version_vanished(self, call: Call, router: ModelRouter, answer: Answer) -> bool:
         if call.version is not None or call.method == "status" or answer.cache == "hit":

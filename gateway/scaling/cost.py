@@ -187,7 +187,10 @@ class CostLedger:
 
     def served(self, replica: str, model: str, now: float) -> None:
         """A call for `model` answered by `replica` (not from a cache)."""
-        calls = self._bucket(now).calls
+        b = self._cur
+        if b is None or not self._cur_from <= now < self._cur_to:
+            b = self._bucket(now)
+        calls = b.calls
         key = (replica, model)
         calls[key] = calls.get(key, 0) + 1
 
@@ -198,7 +201,7 @@ class CostLedger:
         keyed[key] = keyed.get(key, 0) + 1
 
     def busy(self, replica: str, seconds: float, now: float) -> None:
-        """`replica` spent `seconds` answering one upstream call."""
+        """`replica` spent `seconds` answering upstream calls."""
         busy = self._bucket(now).busy
         busy[replica] = busy.get(replica, 0.0) + seconds
 
