@@ -199,19 +199,25 @@ def test_calls_continue_or_start_traces_and_tries_are_child_spans(traced: Traced
                             for k in kids)
 
 
-def test_a_retry_is_a_second_try_span_in_the_same_trace(traced: Traced,
-                                                        knobs_reset: Fleet) -> None:
-    knobs_reset.replicas[0].set_knobs(error_rate=1.0)
-    found = None
-    for i in range(12):
+def _a_call_tried_twice(traced: Traced, calls: int
+                        ) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    """Up to `calls` REST calls, each answered by r1: the server span and the two primary try
+    spans of the first one that made two tries (r0's, then r1's), or None."""
+    for i in range(calls):
         tid, _, parent = new_parent()
         status, headers, _ = http("POST", traced.gw.rest_url + PREDICT, {"instances": [float(i)]},
                                   {"traceparent": parent})
         assert status == 200 and headers["x-infergate-replica"] == "r1"
         server, kids = traced.trace(tid)
         if len(_primary(kids)) >= 2:
-            found = server, _primary(kids)
-            break
+            return server, _primary(kids)
+    return None
+
+
+def test_a_retry_is_a_second_try_span_in_the_same_trace(traced: Traced,
+                                                        knobs_reset: Fleet) -> None:
+    knobs_reset.replicas[0].set_knobs(error_rate=1.0)
+    found = _a_call_tried_twice(traced, 12)
     assert found is not None, "no call was retried"
     server, (first, second) = found
     assert first["attributes"]["infergate.replica"] == "r0"
@@ -234,16 +240,7 @@ def test_a_hedge_is_a_try_span_and_its_cancelled_loser_is_no_error(knobs_reset: 
                {"labels": {"one": 1}, "routes": [{"split": {"one": 100}}],
                 "balance": "round_robin", "hedge": {"delay_ms": 30, "budget_ratio": 1.0}})
     try:
-        found = None
-        for i in range(6):
-            tid, _, parent = new_parent()
-            status, headers, _ = http("POST", t.gw.rest_url + PREDICT, {"instances": [float(i)]},
-                                      {"traceparent": parent})
-            assert status == 200 and headers["x-infergate-replica"] == "r1"
-            server, kids = t.trace(tid)
-            if len(_primary(kids)) == 2:
-                found = server, _primary(kids)
-                break
+        found = _a_call_tried_twice(t, 6)
         assert found is not None, "no call was hedged"
         server, (first, hedge) = found
         a, b = first["attributes"], hedge["attributes"]
