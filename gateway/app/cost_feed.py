@@ -104,17 +104,16 @@ class CostFeed:
         self.ledger.configure(prices(cfg), self._clock())
         self._keys = key_labels(cfg)
 
-    def upstream(self, replica: ReplicaState, seconds: float, now: float) -> None:
+    def upstream(self, replica: ReplicaState, seconds: float) -> None:
         """Per upstream answer: added up here, given to the ledger when figures are read (every
         `PUBLISH_S`; busy seconds are a pool-level figure, a few seconds late is fine)."""
         busy, name = self._busy, replica.name
         busy[name] = busy.get(name, 0.0) + seconds
 
-    def answered(self, model: str, answer: Answer | None, now: float,
-                 call: Call | None = None) -> None:
-        """`model` is the bounded model label; only calls a replica answered count (`now` is
-        the hook's monotonic time: the ledger counts on its own, shared clock). With `call`,
-        who it was for is counted too (`keyed`)."""
+    def answered(self, model: str, answer: Answer | None, call: Call | None = None) -> None:
+        """`model` is the bounded model label; only calls a replica answered count, at the
+        ledger's own (shared, wall) clock. With `call`, who it was for is counted too
+        (`keyed`)."""
         if model and answer is not None and answer.replica and answer.cache != "hit":
             self.ledger.served(answer.replica, model, self._clock())
             if call is not None and (call.tenant or model in self._keys):

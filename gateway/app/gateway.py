@@ -20,6 +20,7 @@ import asyncio
 import logging
 import signal
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +102,9 @@ class Gateway:
         self.pipeline = Pipeline(lambda: self.runtime, self.metrics, self.health, self.rollouts,
                                  self.caches.get, self.outlier, self._p95_ms,
                                  self._on_upstream_done, self.scale.brownout.level, self.tenants)
-        self.handle = self.pipeline.handle  # type: ignore[method-assign]
+        # IngressHost.handle: what an ingress routes a call through, the pipeline's own (no
+        # coroutine of the gateway's in between).
+        self.handle: Callable[[Call, Forwarder], Coroutine[Any, Any, Answer]] = self.pipeline.handle
         self.observe = Observability(cfg, self.metrics, self.pipeline.dispatcher, workers_folder)
         self.drains = DrainRegistry(cfg.cache.store, lambda: self.runtime.replicas)
         self.listeners = Listeners(reuse_port)
@@ -121,11 +124,6 @@ class Gateway:
         return self.listeners.bound
 
     # ---- IngressHost -------------------------------------------------------------------------
-
-    async def handle(self, call: Call, fwd: Forwarder) -> Answer:
-        """What an ingress routes a call through (replaced in __init__ by `pipeline.handle`
-        itself: one coroutine less per call)."""
-        return await self.pipeline.handle(call, fwd)
 
     def call_started(self) -> None:
         """An ingress has taken a call (the count a drain waits for; busy polling starts)."""
@@ -148,7 +146,7 @@ class Gateway:
         mx.child(mx.requests, protocol, m, version, answer.replica if answer else "", code).inc()
         mx.child(mx.latency, protocol, m).observe(elapsed)
         if m:
-            self.cost.answered(m, answer, now, call)
+            self.cost.answered(m, answer, call)
             ok = answer is not None and answer.ok(protocol)
             self.traffic.observe(m, answer.arm if answer else "", version, ok, elapsed, now)
             if answer is not None and answer.arm:
@@ -163,7 +161,7 @@ class Gateway:
     def _on_upstream_done(self, replica: ReplicaState, seconds: float, now: float) -> None:
         self.metrics.child(self.metrics.upstream_latency, replica.name).observe(seconds)
         self.scale.observe(replica.pool, seconds, now)
-        self.cost.upstream(replica, seconds, now)
+        self.cost.upstream(replica, seconds)
 
     def _overrides(self, model: str) -> tuple[dict[str, float] | None, dict[str, int]]:
         return self.rollouts.weights(model), self.rollouts.label_overrides(model)

@@ -102,7 +102,7 @@ class Pipeline:
         now = time.monotonic()
         model = call.model
         if not model:
-            self._door(call.headers.get("x-priority", "standard"), rt)
+            self._door(call, OPEN, rt)
             if call.method == "reload":
                 return await self._broadcast(call, fwd, now)
             return await self.dispatcher.send(call, fwd, self._any(now), None, "", now)
@@ -111,9 +111,7 @@ class Pipeline:
                   else await self.tenants.admit(call, router, now))
         ok = False
         try:  # one body for open models and admitted tenants (no coroutine of its own)
-            if self.admission.in_flight >= rt.admission_limit * 0.8:
-                self._door(call.headers.get("x-priority", "standard") if tenant == OPEN
-                           else self.tenants.priority(tenant, call.headers), rt)
+            self._door(call, tenant, rt)
             if not rt.replicas.knows(model):
                 await self.discovery.discover(model)
             # Without a fallback chain for this call, straight to the primary route.
@@ -128,9 +126,12 @@ class Pipeline:
             if tenant != OPEN:  # an admitted tenant's call is released, whatever happened
                 self.tenants.release(tenant, ok)
 
-    def _door(self, priority: str, rt: Runtime) -> None:
-        """Shed at the door when the gateway holds too many calls (from 80 % of its limit)."""
+    def _door(self, call: Call, tenant: str, rt: Runtime) -> None:
+        """Shed at the door when the gateway holds too many calls (from 80 % of its limit), by
+        the call's priority (its tenant's, or its x-priority header on an open model)."""
         if self.admission.in_flight >= rt.admission_limit * 0.8:
+            priority = (call.headers.get("x-priority", "standard") if tenant == OPEN
+                        else self.tenants.priority(tenant, call.headers))
             self.admission.check(priority, rt.admission_limit)
 
     async def _vanished(self, call: Call, fwd: Forwarder, router: ModelRouter, route: Route,

@@ -147,7 +147,7 @@ def test_feed_shares_counts_through_the_store(tmp_path: Path) -> None:
              for i in range(2)]
     for i in range(10):
         clock.t = T0 + i
-        feeds[i % 2].answered("resnet", Answer(200, replica="g1"), 0.0)
+        feeds[i % 2].answered("resnet", Answer(200, replica="g1"))
     (tmp_path / "cost@broken.json").write_text('{"at": 1e12, "doc": {"bucket_s": 60, "served": 7}}')
     clock.t = T0 + 60
 
@@ -307,10 +307,10 @@ def test_feed_counts_replica_answers_and_publishes_gauges() -> None:
     for i in range(10):
         clock.t = T0 + i
         answer = Answer(200, replica="g1")
-        feed.answered("resnet", answer, clock.t)
+        feed.answered("resnet", answer)
         assert feed.keyed(call, answer) is answer
-    feed.answered("resnet", Answer(200, replica="g1", cache="hit"), clock.t)  # no replica time
-    feed.answered("resnet", None, clock.t)  # the gateway answered itself
+    feed.answered("resnet", Answer(200, replica="g1", cache="hit"))  # no replica time
+    feed.answered("resnet", None)  # the gateway answered itself
     clock.t = T0 + 60
     feed.publish()
     doc = feed.to_json()
